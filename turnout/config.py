@@ -1,0 +1,264 @@
+"""Run configuration: dataclass sections, TOML files, `--set section.key=value` overrides, one validation pass.
+
+Every field carries a one-line doc and its constraints in `metadata`. `load_config` reads a TOML file, applies
+overrides and validates everything once; any problem raises `ConfigError` whose message names the key
+(e.g. ``train.lr: expected a number > 0, got -1``). Nothing else in turnout edits a config after that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_origin, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message is one line and names the offending key."""
+
+
+def _f(default: Any, doc: str, *, choices: tuple | None = None, lo: float | None = None,
+       hi: float | None = None, lo_open: bool = False) -> Any:
+    """A config field: default, one line of doc, optional choices or numeric range [lo, hi] (lo open if lo_open)."""
+    meta = {"doc": doc, "choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelSection:
+    """Which architecture to build."""
+
+    preset: str = _f("tiny", "named ModelArgs preset (debug, tiny, small, v3-671b)")
+    overrides: dict = _f({}, "ModelArgs fields that replace the preset's values, e.g. {n_layers = 2}")
+
+
+@dataclass
+class DataSection:
+    """Where training text comes from."""
+
+    sources: list = _f([], "files or folders of .txt/.jsonl; empty means the embedded Shakespeare corpus")
+    jsonl_field: str = _f("text", "field holding the text in .jsonl records")
+    val_fraction: float = _f(0.01, "share of tokens held out for the validation loss", lo=0.0, hi=0.5, lo_open=True)
+    cache_dir: str = _f("", "where tokenised shards are cached; empty means ~/.cache/turnout/data")
+
+
+@dataclass
+class TrainSection:
+    """The optimisation loop."""
+
+    steps: int = _f(200, "optimizer steps to run", lo=1)
+    batch_size: int = _f(8, "global batch in sequences per optimizer step (split over ranks and accumulation)", lo=1)
+    seq_len: int = _f(256, "tokens per sequence", lo=2)
+    seed: int = _f(0, "seed for weights, data order and dropout-free RNG streams", lo=0)
+    lr: float = _f(3e-3, "peak learning rate", lo=0.0, lo_open=True)
+    min_lr_ratio: float = _f(0.1, "final learning rate as a fraction of lr", lo=0.0, hi=1.0)
+    warmup_steps: int = _f(20, "linear warmup steps", lo=0)
+    schedule: str = _f("cosine", "learning-rate schedule after warmup", choices=("cosine", "wsd", "constant"))
+    decay_fraction: float = _f(0.2, "wsd only: share of steps spent in the final decay", lo=0.0, hi=1.0)
+    weight_decay: float = _f(0.1, "AdamW decoupled weight decay (not applied to norms and biases)", lo=0.0)
+    beta1: float = _f(0.9, "AdamW beta1", lo=0.0, hi=1.0)
+    beta2: float = _f(0.95, "AdamW beta2", lo=0.0, hi=1.0)
+    grad_clip: float = _f(1.0, "clip the global gradient norm to this; 0 disables", lo=0.0)
+    grad_accum: int = _f(1, "micro-batches accumulated per optimizer step", lo=1)
+    dtype: str = _f("auto", "compute dtype; auto takes the target's", choices=("auto", "fp32", "bf16", "fp16"))
+    parallel: str = _f("ddp", "data parallelism when world size > 1", choices=("ddp", "fsdp"))
+    eval_interval: int = _f(50, "steps between held-out loss evaluations; 0 disables", lo=0)
+    eval_batches: int = _f(4, "batches averaged per held-out evaluation", lo=1)
+    log_interval: int = _f(1, "steps between metric lines", lo=1)
+
+
+@dataclass
+class CkptSection:
+    """Checkpointing."""
+
+    interval: int = _f(50, "steps between checkpoints; 0 saves only at the end", lo=0)
+    keep: int = _f(3, "newest complete checkpoints kept on disk", lo=1)
+    async_save: bool = _f(False, "write checkpoints in the background while training continues")
+
+
+@dataclass
+class Config:
+    """A whole run's configuration."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    ckpt: CkptSection = field(default_factory=CkptSection)
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (JSON/TOML-safe)."""
+        return dataclasses.asdict(self)
+
+
+SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def _section_types() -> dict[str, type]:
+    hints = get_type_hints(Config)
+    return {name: hints[name] for name in SECTIONS}
+
+
+def _describe(meta: dict, typ: type) -> str:
+    if meta.get("choices"):
+        return "one of " + ", ".join(map(str, meta["choices"]))
+    name = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(typ, typ.__name__)
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and hi is not None:
+        return f"{name} in {'(' if meta.get('lo_open') else '['}{lo}, {hi}]"
+    if lo is not None:
+        return f"{name} {'>' if meta.get('lo_open') else '>='} {lo}"
+    return name
+
+
+def _check_value(key: str, value: Any, typ: type, meta: dict) -> Any:
+    """Type-check and range-check one value; return it (ints are accepted where floats are expected)."""
+    origin = get_origin(typ) or typ
+    want = _describe(meta, origin)
+    if origin is bool:
+        ok = isinstance(value, bool)
+    elif origin is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif origin is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, origin)
+    if not ok:
+        raise ConfigError(f"{key}: expected {want}, got {value!r}")
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{key}: expected {want}, got {value!r}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
+        raise ConfigError(f"{key}: expected {want}, got {value!r}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{key}: expected {want}, got {value!r}")
+    return value
+
+
+def from_dict(raw: dict) -> Config:
+    """Build and validate a Config from a nested dict; unknown sections/keys and bad values raise ConfigError."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: expected a table of sections, got {type(raw).__name__}")
+    types = _section_types()
+    sections = {}
+    for name, value in raw.items():
+        if name not in types:
+            raise ConfigError(f"{name}: unknown section (known: {', '.join(types)})")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a table, got {value!r}")
+    for name, cls in types.items():
+        given = dict(raw.get(name, {}))
+        hints = get_type_hints(cls)
+        kwargs = {}
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        for key, value in given.items():
+            if key not in known:
+                raise ConfigError(f"{name}.{key}: unknown key (known: {', '.join(known)})")
+            kwargs[key] = _check_value(f"{name}.{key}", value, hints[key], known[key].metadata)
+        sections[name] = cls(**kwargs)
+    cfg = Config(**sections)
+    _cross_check(cfg)
+    return cfg
+
+
+def _cross_check(cfg: Config) -> None:
+    """Constraints between fields."""
+    t = cfg.train
+    if t.batch_size % t.grad_accum:
+        raise ConfigError(f"train.batch_size: {t.batch_size} must be divisible by train.grad_accum={t.grad_accum}")
+    if t.warmup_steps > t.steps:
+        raise ConfigError(f"train.warmup_steps: {t.warmup_steps} exceeds train.steps={t.steps}")
+    for key, value in cfg.model.overrides.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ConfigError(f"model.overrides.{key}: not a field name")
+        if not isinstance(value, (bool, int, float, str, type(None))):
+            raise ConfigError(f"model.overrides.{key}: expected a scalar, got {value!r}")
+
+
+def parse_value(text: str) -> Any:
+    """Parse the right-hand side of `--set key=value` as a TOML value; bare words become strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `section.key=value` (or `section.table.key=value`) strings to a nested dict, returning a new dict."""
+    out = json.loads(json.dumps(raw))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item}: expected section.key=value")
+        dotted, text = item.split("=", 1)
+        parts = [p.strip() for p in dotted.strip().split(".")]
+        if len(parts) < 2 or not all(parts):
+            raise ConfigError(f"--set {item}: expected section.key=value")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{dotted}: {p} is not a table")
+        node[parts[-1]] = parse_value(text.strip())
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """Read a TOML config (or start from defaults when path is None), apply overrides, validate once."""
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            raw = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p}: not valid TOML ({e})") from None
+    return from_dict(apply_overrides(raw, list(overrides)))
+
+
+def to_toml(cfg: Config) -> str:
+    """Serialise a Config back to TOML (round-trips through load_config)."""
+    lines = []
+    for name, section in cfg.to_dict().items():
+        tables = {k: v for k, v in section.items() if isinstance(v, dict)}
+        lines.append(f"[{name}]")
+        for k, v in section.items():
+            if not isinstance(v, dict):
+                lines.append(f"{k} = {_toml_value(v)}")
+        for k, v in tables.items():
+            lines.append(f"\n[{name}.{k}]")
+            lines.extend(f"{kk} = {_toml_value(vv)}" for kk, vv in v.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def describe_fields() -> list[tuple[str, Any, str]]:
+    """(key, default, doc) for every field, for `turnout config --help`-style listings and docs."""
+    out = []
+    for name, cls in _section_types().items():
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            out.append((f"{name}.{f.name}", default, f.metadata["doc"]))
+    return out
+
+
+__all__ = ["Config", "ConfigError", "load_config", "from_dict", "apply_overrides", "to_toml", "describe_fields",
+           "ModelSection", "DataSection", "TrainSection", "CkptSection"]
