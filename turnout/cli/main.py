@@ -7,16 +7,19 @@ import sys
 from typing import Callable
 
 from turnout.backend.spec import TargetError
+from turnout.ckpt import CheckpointError
+from turnout.cli import targets, train
 from turnout.config import ConfigError
-from turnout.cli import targets
+from turnout.data import DataError
 
 # name -> (one-line help, add_arguments(parser), run(args) -> exit code)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "targets": (targets.HELP, targets.add_arguments, targets.run),
+    "train": (train.HELP, train.add_arguments, train.run),
 }
 
 # Errors that mean "your input is wrong": one line on stderr, exit code 2, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, TargetError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, TargetError, DataError, CheckpointError)
 
 
 class _Parser(argparse.ArgumentParser):

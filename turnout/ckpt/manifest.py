@@ -1,0 +1,132 @@
+"""The manifest every checkpoint carries: enough to rebuild the model anywhere and to trust the files.
+
+`manifest.json` lives beside the DCP shards in `RUN/checkpoints/step-N/`. It records model args, the run
+config, the target, torch version, world size, step, global sample index, RNG states (base64 of the raw
+generator bytes) and the sha256 of every other file in the folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "turnout-checkpoint/1"
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be trusted or used; the message is one line and names the file."""
+
+
+@dataclass
+class Manifest:
+    """What a checkpoint is: provenance, position in the run, and file hashes."""
+
+    step: int
+    samples: int  # global sample index: the next sample the sampler hands out
+    model_args: dict
+    config: dict
+    target: str
+    world_size: int
+    torch_version: str = field(default_factory=lambda: torch.__version__)
+    format: str = FORMAT
+    time: float = field(default_factory=time.time)
+    rng: dict = field(default_factory=dict)  # name -> base64 of a uint8 generator state
+    files: dict = field(default_factory=dict)  # relative path -> sha256
+    extra: dict = field(default_factory=dict)  # loop state that is not tensors (health, lr scale, losses, ...)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "manifest") -> "Manifest":
+        if d.get("format") != FORMAT:
+            raise CheckpointError(f"{where}: unknown format {d.get('format')!r} (expected {FORMAT})")
+        known = set(cls.__dataclass_fields__)
+        missing = [k for k in ("step", "samples", "model_args", "config", "target", "world_size") if k not in d]
+        if missing:
+            raise CheckpointError(f"{where}: missing field(s) {', '.join(missing)}")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def rng_tensors(self) -> dict[str, torch.Tensor]:
+        return {k: torch.frombuffer(bytearray(base64.b64decode(v)), dtype=torch.uint8) for k, v in self.rng.items()}
+
+
+def encode_rng(state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Generator states (uint8 tensors) as base64 strings for JSON."""
+    return {k: base64.b64encode(v.cpu().to(torch.uint8).numpy().tobytes()).decode() for k, v in state.items()}
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hash_folder(folder: Path) -> dict[str, str]:
+    """sha256 of every file below `folder` except the manifest, keyed by relative path."""
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != MANIFEST}
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> None:
+    """Hash the folder's files into the manifest and write it atomically (temp file, fsync, rename)."""
+    manifest.files = hash_folder(folder)
+    tmp = folder / (MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(manifest.to_json())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, folder / MANIFEST)
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """Read and parse a checkpoint's manifest (no hash check; see `verify`)."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: no {MANIFEST} (incomplete or not a turnout checkpoint)")
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable manifest ({e})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: manifest is not a JSON object")
+    return Manifest.from_dict(raw, str(path))
+
+
+def verify(folder: Path) -> list[str]:
+    """Problems that make a checkpoint untrustworthy: a missing/bad manifest, missing, extra or altered files."""
+    folder = Path(folder)
+    try:
+        m = read_manifest(folder)
+    except CheckpointError as e:
+        return [str(e)]
+    problems = []
+    if not m.files:
+        problems.append(f"{folder}: manifest lists no files")
+    present = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST}
+    for rel, digest in sorted(m.files.items()):
+        p = folder / rel
+        if not p.is_file():
+            problems.append(f"{p}: missing")
+        elif sha256_file(p) != digest:
+            problems.append(f"{p}: sha256 mismatch (file altered or corrupted)")
+    for rel in sorted(present - set(m.files)):
+        problems.append(f"{folder / rel}: not listed in the manifest")
+    return problems
+
+
+def describe(manifest: Manifest) -> dict[str, Any]:
+    """Short summary for logs and events."""
+    return {"step": manifest.step, "samples": manifest.samples, "target": manifest.target,
+            "world_size": manifest.world_size, "torch": manifest.torch_version}

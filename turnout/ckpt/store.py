@@ -1,0 +1,197 @@
+"""Saving and loading training state with torch.distributed.checkpoint, atomically, keeping the last K.
+
+Layout: `RUN/checkpoints/step-00000050/` holds DCP shards (`.metadata`, `__R_0.distcp`), `manifest.json`
+and `tokenizer.json`. A checkpoint is written to `step-N.tmp/` and renamed only after every rank's shards and
+the manifest are on disk, so a folder named `step-N` is complete by construction; anything else is refused.
+DCP reshards at load time, so a checkpoint written by W ranks loads on any other number of ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import warnings
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+from turnout.ckpt.manifest import CheckpointError, Manifest, read_manifest, verify, write_manifest
+
+STEP_RE = re.compile(r"^step-(\d+)$")
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _single_process_ok():
+    """DCP warns that it assumes one process when no process group is up; that is exactly what we mean."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    return checkpoint_dir(run_dir) / f"step-{step:08d}"
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every folder named like a finished checkpoint, oldest first (not yet verified)."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_RE.match(p.name))]
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: Path, *, before_step: int | None = None,
+                      on_refused: Callable[[Path, list[str]], None] | None = None) -> Path | None:
+    """The newest checkpoint that verifies (optionally with step < before_step); refused ones are reported."""
+    for step, folder in reversed(list_checkpoints(run_dir)):
+        if before_step is not None and step >= before_step:
+            continue
+        problems = verify(folder)
+        if not problems:
+            return folder
+        if on_refused:
+            on_refused(folder, problems)
+    return None
+
+
+class Checkpointer:
+    """Writes and reads a run's checkpoints. All ranks call `save`/`load`; rank 0 writes manifests and renames."""
+
+    def __init__(self, run_dir: Path, keep: int = 3, async_save: bool = False,
+                 attach: dict[str, Path] | None = None):
+        self.run_dir = Path(run_dir)
+        self.keep = keep
+        self.async_save = async_save
+        self.attach = dict(attach or {})  # name in checkpoint -> file copied in (e.g. tokenizer.json)
+        self._pending: tuple[Future, Path, Manifest] | None = None
+
+    # ---- save ---------------------------------------------------------------------------------------
+    def save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, manifest: Manifest) -> Path:
+        """Save model + optimizer state at `manifest.step`; returns the final folder (complete once `wait` returns
+        when async)."""
+        self.wait()
+        final = step_dir(self.run_dir, manifest.step)
+        tmp = final.with_name(final.name + ".tmp")
+        if _rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        _barrier()
+        msd, osd = get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=False))
+        state = {"model": msd, "optim": osd}
+        if self.async_save:
+            with _single_process_ok():
+                fut = dcp.async_save(state, checkpoint_id=str(tmp))
+            self._pending = (fut, tmp, manifest)
+        else:
+            with _single_process_ok():
+                dcp.save(state, checkpoint_id=str(tmp))
+            self._finalize(tmp, manifest)
+        return final
+
+    def wait(self) -> Path | None:
+        """Finish a pending async save (no-op when none); returns its folder."""
+        if self._pending is None:
+            return None
+        fut, tmp, manifest = self._pending
+        self._pending = None
+        with _single_process_ok():
+            fut.result()
+        return self._finalize(tmp, manifest)
+
+    def _finalize(self, tmp: Path, manifest: Manifest) -> Path:
+        final = tmp.with_name(tmp.name[: -len(".tmp")])
+        _barrier()  # every rank's shards are written
+        if _rank() == 0:
+            for name, src in self.attach.items():
+                if Path(src).is_file():
+                    shutil.copyfile(src, tmp / name)
+            write_manifest(tmp, manifest)
+            if final.exists():  # a re-run of this step after a rollback replaces the old folder
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+            self._prune()
+        _barrier()
+        return final
+
+    def _prune(self) -> None:
+        """Keep the newest `keep` complete checkpoints; stale `.tmp` folders of dead writers go too."""
+        done = list_checkpoints(self.run_dir)
+        for _, folder in done[: max(len(done) - self.keep, 0)]:
+            shutil.rmtree(folder, ignore_errors=True)
+        for p in checkpoint_dir(self.run_dir).glob("step-*.tmp"):
+            if self._pending is None or p != self._pending[1]:
+                shutil.rmtree(p, ignore_errors=True)
+
+    # ---- load ---------------------------------------------------------------------------------------
+    def load(self, folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> Manifest:
+        """Load a verified checkpoint into `model` (and `optimizer`), resharding to the current world size."""
+        folder = Path(folder)
+        problems = verify(folder)
+        if problems:
+            raise CheckpointError(problems[0] + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
+        manifest = read_manifest(folder)
+        load_state(folder, model, optimizer)
+        return manifest
+
+
+def load_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+    """DCP-load `model` (and optimizer) state in place from a checkpoint folder (no verification)."""
+    opts = StateDictOptions(full_state_dict=False)
+    if optimizer is None:
+        msd, _ = get_state_dict(model, [], options=opts)
+        state = {"model": msd}
+        with _single_process_ok():
+            dcp.load(state, checkpoint_id=str(folder))
+        set_state_dict(model, [], model_state_dict=state["model"], optim_state_dict={}, options=opts)
+        return
+    msd, osd = get_state_dict(model, optimizer, options=opts)
+    state = {"model": msd, "optim": osd}
+    with _single_process_ok():
+        dcp.load(state, checkpoint_id=str(folder))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"], options=opts)
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint folder from either a run folder (newest good one) or a checkpoint folder itself."""
+    path = Path(path)
+    if (path / "manifest.json").is_file():
+        problems = verify(path)
+        if problems:
+            raise CheckpointError(problems[0])
+        return path
+    if checkpoint_dir(path).is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise CheckpointError(f"{path}: no complete checkpoint passes verification")
+        return found
+    raise CheckpointError(f"{path}: neither a run folder nor a checkpoint folder")

@@ -1,0 +1,83 @@
+"""`turnout train`: train (or resume) a run on a target, one process or several through torchrun."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from turnout.ckpt import latest_checkpoint, read_manifest
+from turnout.config import ConfigError, load_config
+
+HELP = "train a model: --config FILE --out RUN [--target SPEC] [--set section.key=value] [--resume] [--nproc N]"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML config (default: RUN/config.toml when resuming, else configs' defaults)")
+    p.add_argument("--out", required=True, help="run folder: metrics, events, checkpoints, report")
+    p.add_argument("--target", help="where to train (default: $TURNOUT_TARGET, the resumed checkpoint's target, "
+                   "or the first present accelerator)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
+    p.add_argument("--until", type=int, default=None, metavar="STEP",
+                   help="stop (checkpointed) after this step; the schedule still spans train.steps")
+    p.add_argument("--nproc", type=int, default=1, help="processes (ranks) on this machine, started through torchrun")
+    p.add_argument("--sample", default="", metavar="PROMPT", help="print a generated continuation of PROMPT at the end")
+
+
+def _config_for(args: argparse.Namespace):
+    run = Path(args.out)
+    path = args.config
+    if path is None and args.resume and (run / "config.toml").is_file():
+        path = run / "config.toml"
+    return load_config(path, args.set)
+
+
+def _launch_torchrun(args: argparse.Namespace) -> int:
+    """Re-run this command under torchrun with --nproc ranks (standalone rendezvous on this machine)."""
+    argv = [a for a in sys.argv[1:]]
+    cleaned, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        cleaned.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+           "-m", "turnout", *cleaned]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max((os.cpu_count() or 1) // args.nproc, 1)))
+    return subprocess.call(cmd, env=env)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc: expected an integer >= 1, got {args.nproc}")
+    config = _config_for(args)  # validate before starting any process
+    if args.nproc > 1:
+        return _launch_torchrun(args)
+    from turnout.train import train
+
+    target = args.target
+    if target is None and args.resume and not os.environ.get("TURNOUT_TARGET"):
+        folder = latest_checkpoint(Path(args.out))
+        target = read_manifest(folder).target if folder else None
+    result = train(config, target, args.out, resume=args.resume, until=args.until)
+    if args.sample and int(os.environ.get("RANK", "0")) == 0:
+        from turnout.ckpt.restore import load_model
+        from turnout.data import Tokenizer
+        from turnout.backend import get_backend
+        from turnout.train.sample import sample_text
+
+        model, _, folder = load_model(args.out)
+        text = sample_text(model, Tokenizer.load(folder / "tokenizer.json"), get_backend("cpu"), args.sample)
+        print(f"sample: {args.sample}{text}")
+    print(f"done: {result.step} steps on {result.target}; loss {result.final_loss:.4f}, held-out "
+          f"{result.val_loss:.4f}; run folder {result.run_dir}") if int(os.environ.get("RANK", "0")) == 0 else None
+    return 0

@@ -1,0 +1,100 @@
+"""The one place that wires config, backend, model, data and optimizer together."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from turnout.backend import Backend, get_backend
+from turnout.config import Config, ConfigError
+from turnout.data import Dataset, prepare_dataset
+from turnout.model.args import ModelArgs
+from turnout.model.transformer import Transformer
+from turnout.model.flops import flops_per_token, param_counts
+from turnout.train.dist import DistInfo, wrap_model
+from turnout.train.optim import build_optimizer
+from turnout.train.step import StepRunner
+
+
+def model_args(config: Config) -> ModelArgs:
+    """ModelArgs from `model.preset` + `model.overrides`; problems raise ConfigError naming the key."""
+    try:
+        return ModelArgs.preset(config.model.preset, **config.model.overrides)
+    except ValueError as e:
+        msg = str(e)
+        bad = next((k for k in config.model.overrides if k in msg), None)
+        key = f"model.overrides.{bad}" if bad else "model.preset"
+        raise ConfigError(f"{key}: {msg}") from None
+
+
+def data_cache_dir(config: Config) -> Path:
+    return Path(config.data.cache_dir or os.environ.get("TURNOUT_DATA_CACHE", "~/.cache/turnout/data")).expanduser()
+
+
+def build_dataset(config: Config, args: ModelArgs, info: DistInfo, log: Callable[[str], None] | None) -> Dataset:
+    """Tokenise the configured sources once (rank 0 first, so ranks never race on the cache) and open them."""
+    kwargs = dict(sources=config.data.sources or None, vocab_size=args.vocab_size, cache_dir=data_cache_dir(config),
+                  val_fraction=config.data.val_fraction, jsonl_field=config.data.jsonl_field)
+    if info.world_size > 1:
+        if info.is_main:
+            prepare_dataset(**kwargs, log=log)
+        dist.barrier()
+        return prepare_dataset(**kwargs, log=None)
+    return prepare_dataset(**kwargs, log=log)
+
+
+@dataclass
+class Built:
+    """Everything a training run holds, wired for one target."""
+
+    config: Config
+    backend: Backend
+    info: DistInfo
+    args: ModelArgs
+    model: torch.nn.Module  # possibly DDP-wrapped (FSDP2 shards in place)
+    inner: torch.nn.Module  # the Transformer itself
+    optimizer: torch.optim.Optimizer
+    runner: StepRunner
+    dtype: torch.dtype
+    flops_per_token: float
+    params: int
+    active_params: int
+
+
+def check_config(config: Config, backend: Backend, info: DistInfo) -> ModelArgs:
+    """ModelArgs for the config, after the target's refusals (raised as ConfigError with every reason)."""
+    args = model_args(config)
+    t = config.train
+    per_rank = t.batch_size // info.world_size if t.batch_size % info.world_size == 0 else None
+    if per_rank is None or per_rank % t.grad_accum:
+        raise ConfigError(f"train.batch_size: {t.batch_size} must split evenly over {info.world_size} rank(s) x "
+                          f"{t.grad_accum} micro-batch(es)")
+    if t.seq_len > args.max_seq_len:
+        raise ConfigError(f"train.seq_len: {t.seq_len} exceeds the model's max_seq_len {args.max_seq_len}")
+    reasons = backend.validate(config, world_size=info.world_size, param_count=param_counts(args, mtp=True)[0])
+    if reasons:
+        raise ConfigError(f"target {backend.name} refuses this config: " + "; ".join(reasons))
+    return args
+
+
+def build_model(config: Config, target: str | Backend, info: DistInfo = DistInfo()) -> Built:
+    """Backend, model (seeded, on the target, wrapped for the world size), optimizer and step runner."""
+    backend = target if isinstance(target, Backend) else get_backend(target)
+    args = check_config(config, backend, info)
+    torch.manual_seed(config.train.seed)  # identical initial weights on every rank and every target
+    model = Transformer(args)
+    model.to(backend.device(info.local_rank))
+    inner = model
+    model = wrap_model(model, config.train.parallel, info, backend)
+    optimizer = build_optimizer(model, config.train)
+    dtype = backend.compute_dtype(config)
+    sharded = info.world_size > 1 and config.train.parallel == "fsdp"
+    runner = StepRunner(model, optimizer, backend, dtype, config.train.grad_clip, sharded)
+    total, active = param_counts(args, mtp=True)
+    return Built(config, backend, info, args, model, inner, optimizer, runner, dtype,
+                 flops_per_token(args, config.train.seq_len), total, active)

@@ -1,0 +1,77 @@
+"""torch.distributed plumbing: join the process group torchrun describes, and wrap the model (DDP or FSDP2).
+
+turnout never builds its own distributed engine: ranks come from torchrun's environment, collectives from the
+target's process-group backend (gloo on CPU and sim targets, nccl on cuda, hccl on npu, xccl on xpu).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from turnout.backend import Backend
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(backend: Backend, timeout_s: float = 600.0) -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); a single process needs none."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if backend.device_type != "cpu":
+        backend.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group(backend.collective, timeout=datetime.timedelta(seconds=timeout_s))
+    return DistInfo(rank, world, local)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap_model(model: torch.nn.Module, parallel: str, info: DistInfo, backend: Backend) -> torch.nn.Module:
+    """DDP, or FSDP2 with `fully_shard` on every decoder block and the root; unchanged for one process."""
+    if info.world_size <= 1:
+        return model
+    if parallel == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in list(model.layers) + list(getattr(model, "mtp", [])):
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = None if backend.device_type == "cpu" else [info.local_rank]
+    # MoE experts that no token picked in a micro-batch get no gradient: let DDP tolerate unused parameters
+    return DDP(model, device_ids=ids, find_unused_parameters=True)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model under a DDP wrapper (FSDP2 modifies the module in place, so it is its own inner model)."""
+    return getattr(model, "module", model)
+
+
+def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    """Average a small tensor over ranks (identity for one process)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        values /= dist.get_world_size()
+    return values

@@ -1,0 +1,131 @@
+"""One optimizer step, split in two so a result can be judged before it is applied.
+
+`compute` runs forward + backward over the step's micro-batches and measures (losses, global and per-layer
+gradient norms) without touching the weights; `apply` clips, steps AdamW and moves the router biases. Between
+the two, the health monitor may reject the result and re-run it (in place, or on a reference target).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from turnout.backend import Backend
+from turnout.train.optim import set_lr
+
+
+@dataclass
+class StepResult:
+    """What one step measured; losses are means over ranks, norms are global (before clipping)."""
+
+    loss: float
+    ce: float
+    mtp: float
+    balance: float
+    grad_norm: float
+    layer_grad_norms: dict[str, float]
+    tokens: int  # global tokens in the step
+    seconds: float = 0.0  # compute time (forward + backward)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.loss) and math.isfinite(self.grad_norm)
+
+
+def layer_groups(model: torch.nn.Module) -> list[tuple[str, list[torch.nn.Parameter]]]:
+    """Trainable parameters grouped for per-layer gradient norms: embed, layers.i, mtp.k, norm, head."""
+    groups: dict[str, list[torch.nn.Parameter]] = {}
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        parts = name.removeprefix("module.").split(".")
+        key = ".".join(parts[:2]) if parts[0] in ("layers", "mtp") else parts[0]
+        groups.setdefault(key, []).append(p)
+    return list(groups.items())
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The local shard of a DTensor (FSDP2), or the tensor itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+class StepRunner:
+    """Runs compute/apply for a (possibly wrapped) model on one backend."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, backend: Backend,
+                 dtype: torch.dtype, grad_clip: float, sharded: bool):
+        self.model = model
+        self.inner = getattr(model, "module", model)
+        self.optimizer = optimizer
+        self.backend = backend
+        self.dtype = dtype
+        self.grad_clip = grad_clip
+        self.sharded = sharded  # FSDP2: gradients are shards, so squared norms are summed over ranks
+        self.groups = layer_groups(self.inner)
+        self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+    def compute(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> StepResult:
+        """Forward + backward over this rank's micro-batches, leaving averaged gradients in `.grad`."""
+        t0 = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.inner.reset_expert_loads()
+        device = self.backend.device()
+        parts = torch.zeros(4, dtype=torch.float64)
+        n = len(micro_batches)
+        with self.backend.compute():
+            for i, (x, y) in enumerate(micro_batches):
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                sync = contextlib.nullcontext() if i == n - 1 or not hasattr(self.model, "no_sync") \
+                    else self.model.no_sync()
+                with sync:
+                    with self.backend.autocast(self.dtype):
+                        out = self.model(x, targets=y)
+                    (out.loss / n).backward()
+                parts += torch.stack([out.loss, out.ce, out.mtp, out.balance]).detach().double().cpu() / n
+            norms = self._grad_norms()
+        self.backend.synchronize()
+        if self.world > 1:
+            dist.all_reduce(parts, op=dist.ReduceOp.SUM)
+            parts /= self.world
+        tokens = sum(int(y.numel()) for _, y in micro_batches) * self.world
+        total = math.sqrt(sum(v * v for v in norms.values())) if norms else 0.0
+        loss, ce, mtp, bal = (float(v) for v in parts)
+        return StepResult(loss, ce, mtp, bal, total, norms, tokens, time.perf_counter() - t0)
+
+    def _grad_norms(self) -> dict[str, float]:
+        """Per-group gradient L2 norms (global over ranks); NaN/inf propagate so the monitor sees them."""
+        sq = []
+        for _, params in self.groups:
+            grads = [_local(p.grad).float() for p in params if p.grad is not None]
+            sq.append(torch.stack([g.pow(2).sum() for g in grads]).sum() if grads else torch.zeros(()))
+        sq = torch.stack(sq).to(torch.float64)
+        if self.sharded and self.world > 1:
+            sq = sq.to(self.backend.device())
+            dist.all_reduce(sq, op=dist.ReduceOp.SUM)
+        return {name: math.sqrt(v) if v >= 0 else float("nan") for (name, _), v in zip(self.groups, sq.cpu().tolist())}
+
+    def apply(self, result: StepResult, lr: float) -> torch.Tensor:
+        """Clip to grad_clip, step AdamW at `lr`, update router biases from the global expert loads; returns them."""
+        with self.backend.compute():
+            if self.grad_clip > 0 and result.grad_norm > self.grad_clip:
+                coef = self.grad_clip / (result.grad_norm + 1e-6)
+                grads = [_local(p.grad) for _, ps in self.groups for p in ps if p.grad is not None]
+                torch._foreach_mul_(grads, coef)
+            set_lr(self.optimizer, lr)
+            self.optimizer.step()
+            loads = self.inner.update_expert_bias()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loads
+
+    def discard(self) -> None:
+        """Drop a rejected step's gradients and expert-load counts; the weights were never touched."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.inner.reset_expert_loads()
