@@ -52,15 +52,17 @@ def wrap_model(model: torch.nn.Module, parallel: str, info: DistInfo, backend: B
     if parallel == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        for block in list(model.layers) + list(getattr(model, "mtp", [])):
+        # one FSDP unit per decoder block; MTP modules stay in the root unit because the model applies their
+        # final norm outside their forward (the root's parameters are gathered for the whole forward)
+        for block in model.layers:
             fully_shard(block)
         fully_shard(model)
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = None if backend.device_type == "cpu" else [info.local_rank]
-    # MoE experts that no token picked in a micro-batch get no gradient: let DDP tolerate unused parameters
-    return DDP(model, device_ids=ids, find_unused_parameters=True)
+    # experts are fused [E, ...] parameters, so every parameter takes part in every step
+    return DDP(model, device_ids=ids)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
