@@ -38,5 +38,8 @@ def run(args: argparse.Namespace) -> int:
         cells = [r["spec"] + (" *" if r["default"] else ""), "yes" if r["available"] else "no",
                  ", ".join(r["dtypes"]) or "-", r["collective"], r["detail"]]
         table.add_row(*cells, *((peak or "-",) if args.peak else ()))
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # piped or logged: don't squeeze the table into 80 columns
+        console = Console(width=160)
+    console.print(table)
     return 0
