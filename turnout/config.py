@@ -68,7 +68,8 @@ class TrainSection:
     parallel: str = _f("ddp", "data parallelism when world size > 1", choices=("ddp", "fsdp"))
     eval_interval: int = _f(50, "steps between held-out loss evaluations; 0 disables", lo=0)
     eval_batches: int = _f(4, "batches averaged per held-out evaluation", lo=1)
-    log_interval: int = _f(1, "steps between metric lines", lo=1)
+    log_interval: int = _f(10, "steps between progress lines when not on a terminal (metrics are written every step)",
+                           lo=1)
 
 
 @dataclass
@@ -81,6 +82,40 @@ class CkptSection:
 
 
 @dataclass
+class HealthSection:
+    """The health monitor, diagnosis by re-execution, rollback and the trust policy behind failover."""
+
+    enabled: bool = _f(True, "judge every step before applying it; false trains blind")
+    spike_sigma: float = _f(6.0, "a loss or grad-norm spike is above mean + this many sigma of the window", lo=0.0,
+                            lo_open=True)
+    spike_window: int = _f(128, "trailing steps whose loss and grad norm define normal", lo=4)
+    spike_min_steps: int = _f(20, "steps observed before spike tests apply", lo=2)
+    spike_ratio: float = _f(10.0, "also a spike: this many times the window's largest value", lo=1.0, lo_open=True)
+    spike_patience: int = _f(3, "consecutive spiking steps before a rollback (runs often heal by themselves)", lo=1)
+    verify_interval: int = _f(0, "re-execute every Nth step in place to catch silent corruption; 0 disables", lo=0)
+    rerun_rtol: float = _f(1e-6, "relative difference above which two runs of one step on one target differ",
+                           lo=0.0)
+    reference: str = _f("cpu", "target that re-executes a suspect step to arbitrate; empty disables")
+    reference_rtol: float = _f(1e-3, "relative difference above which the target and the reference disagree", lo=0.0)
+    skip_batches: int = _f(10, "global batches skipped after a rollback for a numerical problem", lo=0)
+    lr_cut: float = _f(0.9, "learning-rate factor when a problem recurs at the same place after a rollback",
+                       lo=0.0, hi=1.0, lo_open=True)
+    max_rollbacks: int = _f(5, "rollbacks allowed before the run stops as unrecoverable", lo=0)
+    device_error_retries: int = _f(1, "in-place retries of a step that raised a device error", lo=0)
+    max_device_errors: int = _f(3, "device errors within device_error_window that make a target untrusted", lo=1)
+    device_error_window: int = _f(50, "steps over which device errors are counted", lo=1)
+    max_faults: int = _f(3, "hardware-classified faults (SDC) within fault_window that make a target untrusted",
+                         lo=1)
+    fault_window: int = _f(200, "steps over which hardware faults are counted", lo=1)
+    hang_factor: float = _f(10.0, "a step is hung after this many times the median step time", lo=1.0)
+    hang_floor_s: float = _f(30.0, "a step is never called hung before this many seconds", lo=0.0, lo_open=True)
+    hang_first_s: float = _f(300.0, "hang timeout for the first steps, before step times are known", lo=0.0,
+                             lo_open=True)
+    loss_check_steps: int = _f(3, "steps after a failover compared with the losses recorded before it", lo=0)
+    loss_check_rtol: float = _f(0.05, "relative loss difference allowed by the post-failover check", lo=0.0)
+
+
+@dataclass
 class Config:
     """A whole run's configuration."""
 
@@ -88,6 +123,7 @@ class Config:
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
     ckpt: CkptSection = field(default_factory=CkptSection)
+    health: HealthSection = field(default_factory=HealthSection)
 
     def to_dict(self) -> dict:
         """Plain nested dict (JSON/TOML-safe)."""
@@ -261,4 +297,4 @@ def describe_fields() -> list[tuple[str, Any, str]]:
 
 
 __all__ = ["Config", "ConfigError", "load_config", "from_dict", "apply_overrides", "to_toml", "describe_fields",
-           "ModelSection", "DataSection", "TrainSection", "CkptSection"]
+           "ModelSection", "DataSection", "TrainSection", "CkptSection", "HealthSection"]

@@ -8,7 +8,7 @@ from typing import Callable
 
 from turnout.backend.spec import TargetError
 from turnout.ckpt import CheckpointError
-from turnout.cli import targets, train
+from turnout.cli import report, targets, train
 from turnout.config import ConfigError
 from turnout.data import DataError
 
@@ -16,6 +16,7 @@ from turnout.data import DataError
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "targets": (targets.HELP, targets.add_arguments, targets.run),
     "train": (train.HELP, train.add_arguments, train.run),
+    "report": (report.HELP, report.add_arguments, report.run),
 }
 
 # Errors that mean "your input is wrong": one line on stderr, exit code 2, no traceback.

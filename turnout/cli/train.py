@@ -24,6 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--until", type=int, default=None, metavar="STEP",
                    help="stop (checkpointed) after this step; the schedule still spans train.steps")
     p.add_argument("--nproc", type=int, default=1, help="processes (ranks) on this machine, started through torchrun")
+    p.add_argument("--fallback", action="append", default=[], metavar="SPEC[,SPEC...]",
+                   help="targets to fail over to, in order, when --target stops being trusted (runs a supervisor)")
+    p.add_argument("--max-restarts", type=int, default=3,
+                   help="with --fallback: restarts of a worker that died on one target before failing over")
     p.add_argument("--sample", default="", metavar="PROMPT", help="print a generated continuation of PROMPT at the end")
 
 
@@ -56,19 +60,59 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
     return subprocess.call(cmd, env=env)
 
 
+def _supervise(args: argparse.Namespace, config, fallback: list[str]) -> int:
+    """--fallback: this process becomes the supervisor; workers train and it moves the run between targets."""
+    from turnout.backend import default_spec, parse_spec
+    from turnout.ckpt import list_checkpoints
+    from turnout.config import to_toml
+    from turnout.failover import Supervisor
+
+    targets = [args.target or default_spec(), *fallback]
+    for t in targets:
+        parse_spec(t)  # a bad spec is a one-line error before anything starts
+    run_dir = Path(args.out)
+    if not args.resume and list_checkpoints(run_dir):
+        raise ConfigError(f"--out {run_dir}: this run already has checkpoints; pass --resume to continue it or "
+                          f"choose another folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path = run_dir / "config.toml"
+    cfg_path.write_text(to_toml(config))
+    sup = Supervisor(config, cfg_path, run_dir, targets, nproc=args.nproc, max_restarts=args.max_restarts,
+                     until=args.until)
+    code = sup.run()
+    if code == 0:
+        from turnout.train.report_data import summarize_run
+
+        s = summarize_run(run_dir)
+        print(f"supervisor: run complete: {s.get('steps')} steps on {' -> '.join(s.get('targets') or targets)}; run folder {run_dir}")
+    return code
+
+
 def run(args: argparse.Namespace) -> int:
     if args.nproc < 1:
         raise ConfigError(f"--nproc: expected an integer >= 1, got {args.nproc}")
     config = _config_for(args)  # validate before starting any process
+    fallback = [t.strip() for item in args.fallback for t in item.split(",") if t.strip()]
+    if fallback:
+        return _supervise(args, config, fallback)
     if args.nproc > 1:
         return _launch_torchrun(args)
     from turnout.train import train
+    from turnout.train.health import EXIT_UNRECOVERABLE, EXIT_UNTRUSTED, RunUnrecoverable, TargetUntrusted
 
     target = args.target
     if target is None and args.resume and not os.environ.get("TURNOUT_TARGET"):
         folder = latest_checkpoint(Path(args.out))
         target = read_manifest(folder).target if folder else None
-    result = train(config, target, args.out, resume=args.resume, until=args.until)
+    try:
+        result = train(config, target, args.out, resume=args.resume, until=args.until)
+    except TargetUntrusted as e:
+        print(f"turnout train: {target or 'the target'} is no longer trusted: {e}; resume elsewhere with --resume "
+              f"--target SPEC, or train with --fallback", file=sys.stderr)
+        return EXIT_UNTRUSTED
+    except RunUnrecoverable as e:
+        print(f"turnout train: cannot continue: {e}", file=sys.stderr)
+        return EXIT_UNRECOVERABLE
     if args.sample and int(os.environ.get("RANK", "0")) == 0:
         from turnout.ckpt.restore import load_model
         from turnout.data import Tokenizer

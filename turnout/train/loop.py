@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +25,12 @@ from turnout.data import Dataset
 from turnout.train.build import Built, build_dataset, build_model
 from turnout.train.dist import DistInfo, all_reduce_mean, init_distributed
 from turnout.train.events import EventLog, JsonlWriter
+from turnout.train.heal import Healer
+from turnout.train.health import EXIT_HANG, RunUnrecoverable, TargetUntrusted
 from turnout.train.progress import RunProgress
 from turnout.train.schedule import lr_at
 from turnout.train.step import StepResult
+from turnout.train.watchdog import Watchdog
 
 
 @dataclass
@@ -62,6 +66,11 @@ class Trainer:
         self.peak = built.backend.matmul_peak(built.backend.compute_dtype_name(config)) if main else 0.0
         self.val_loss: float | None = None
         self.last: StepResult | None = None
+        self.healer = Healer(built.runner, config.health, self.events, sharded=built.runner.sharded)
+        self.rollbacks: list[dict] = []  # {"onset", "to_step"} of every rollback so far
+        self.expected: dict[int, float] = {}  # losses another target recorded past our checkpoint (failover check)
+        self.checked: list[tuple[int, float, float, float]] = []  # (step, loss, loss before, relative difference)
+        self.watchdog = Watchdog(config.health, self._on_hang)
 
     # ---- position ------------------------------------------------------------------------------------
     def resume_from(self, folder: Path) -> Manifest:
@@ -71,16 +80,25 @@ class Trainer:
         self.sampler.load_state_dict({"index": m.samples})
         self.lr_scale = float(m.extra.get("lr_scale", 1.0))
         self.recent_losses = [tuple(x) for x in m.extra.get("recent_losses", [])]
+        self.rollbacks = list(m.extra.get("rollbacks", []))
+        self.healer.monitor.load_state(m.extra.get("health", {}))
+        # fault counts belong to a target: a run that moved to another target starts with a clean slate
+        self.healer.policy.load_state(m.extra.get("trust", {}).get(self.b.backend.name, {}))
         if m.rng:
             self.b.backend.set_rng_state(m.rng_tensors())
         self.progress.start = self.step
+        if m.target != self.b.backend.name:
+            self.expected = {s: l for s, l in _recorded_losses(self.run_dir, exclude=self.b.backend.name).items()
+                             if s > m.step}
         return m
 
     def manifest(self) -> Manifest:
         return Manifest(step=self.step, samples=self.sampler.state_dict()["index"], model_args=self.b.args.to_dict(),
                         config=self.config.to_dict(), target=self.b.backend.name, world_size=self.info.world_size,
                         rng=encode_rng(self.b.backend.get_rng_state()),
-                        extra={"lr_scale": self.lr_scale, "recent_losses": self.recent_losses[-16:]})
+                        extra={"lr_scale": self.lr_scale, "recent_losses": self.recent_losses[-16:],
+                               "rollbacks": self.rollbacks, "health": self.healer.monitor.state(),
+                               "trust": {self.b.backend.name: self.healer.policy.state()}})
 
     def save(self) -> Path:
         t0 = time.time()
@@ -96,17 +114,82 @@ class Trainer:
         x, y = self.sampler.next_batch(t.batch_size, self.info.rank, self.info.world_size)
         return list(zip(x.chunk(t.grad_accum), y.chunk(t.grad_accum)))
 
-    def train_step(self) -> StepResult:
-        """Compute and apply one optimizer step; the health monitor wraps this seam."""
+    def train_step(self) -> StepResult | None:
+        """Measure, judge and apply one optimizer step (or roll back); returns the applied result."""
         t0 = time.perf_counter()
-        self.b.backend.set_step(self.step + 1)
+        step = self.step + 1
+        self.b.backend.set_step(step)
         batches = self.micro_batches()
-        result = self.b.runner.compute(batches)
-        lr = lr_at(self.step, self.config.train, self.lr_scale)
-        loads = self.b.runner.apply(result, lr)
-        self.step += 1
-        self.record(result, lr, loads, time.perf_counter() - t0)
-        return result
+        self.watchdog.begin("step", step)
+        try:
+            outcome = self.healer.run(step, batches)
+            if outcome.rollback:
+                self.b.runner.discard()
+                self.rollback(step, outcome.rollback)
+                return None
+            lr = lr_at(self.step, self.config.train, self.lr_scale)
+            loads = self.b.runner.apply(outcome.result, lr)
+        finally:
+            self.watchdog.end()
+        self.step = step
+        self.record(outcome.result, lr, loads, time.perf_counter() - t0)
+        self.check_after_failover(outcome.result)
+        return outcome.result
+
+    def rollback(self, onset: int, reason: str) -> None:
+        """Back to the newest good checkpoint before `onset`, past `skip_batches` batches; cut LR on recurrence."""
+        h = self.config.health
+        if len(self.rollbacks) >= h.max_rollbacks:
+            raise RunUnrecoverable(f"step {onset}: {reason}; {len(self.rollbacks)} rollbacks already (health."
+                                   f"max_rollbacks={h.max_rollbacks})")
+        folder = latest_checkpoint(self.run_dir, before_step=onset)
+        if folder is None:
+            raise RunUnrecoverable(f"step {onset}: {reason}; no checkpoint before it to roll back to")
+        m = self.ckpt.load(folder, self.b.model, self.b.optimizer)
+        near = max(self.config.ckpt.interval, h.skip_batches, 1)
+        recurs = any(abs(r["onset"] - onset) <= near for r in self.rollbacks)
+        self.rollbacks.append({"onset": onset, "to_step": m.step})
+        self.events.emit("rollback", onset, f"{reason}; rolled back to {folder.name}", to_step=m.step,
+                         from_step=onset, path=str(folder))
+        self.step = m.step
+        self.sampler.load_state_dict({"index": m.samples})
+        if h.skip_batches:
+            skip = h.skip_batches * self.config.train.batch_size
+            self.sampler.skip(skip)
+            self.events.emit("skip_batches", m.step, f"skipped {h.skip_batches} batches (samples {m.samples}.."
+                             f"{m.samples + skip - 1})", batches=h.skip_batches, first_sample=m.samples,
+                             samples=skip)
+        if recurs:
+            self.lr_scale *= h.lr_cut
+            self.events.emit("lr_cut", m.step, f"problem recurred near step {onset}: learning rate x{h.lr_cut:g} "
+                             f"(now x{self.lr_scale:.3g} of the schedule)", factor=h.lr_cut, lr_scale=self.lr_scale)
+        self.healer.monitor.reset()
+
+    def check_after_failover(self, r: StepResult) -> None:
+        """After moving to another target: compare the first steps' losses with what the old target recorded."""
+        h = self.config.health
+        if not self.expected or self.step not in self.expected:
+            return
+        old = self.expected.pop(self.step)
+        rel = abs(r.loss - old) / max(abs(old), 1e-12)
+        self.checked.append((self.step, r.loss, old, rel))
+        if len(self.checked) >= h.loss_check_steps or not self.expected:
+            ok = all(c[3] <= h.loss_check_rtol for c in self.checked)
+            worst = max(c[3] for c in self.checked)
+            self.events.emit("loss_check", self.step, f"first {len(self.checked)} step(s) on {self.b.backend.name} "
+                             f"vs the losses recorded before the switch: worst relative difference {worst:.3g} "
+                             f"({'ok' if ok else 'MISMATCH'}, tolerance {h.loss_check_rtol:g})", ok=ok, worst=worst,
+                             compared=[{"step": c[0], "loss": c[1], "before": c[2]} for c in self.checked])
+            self.expected = {}
+
+    def _on_hang(self, label: str, step: int, elapsed: float, limit: float) -> None:
+        """Watchdog thread: a step never returned. Record it and end the process for the supervisor."""
+        self.events.emit("hang", step, f"{label} {step} has not returned after {elapsed:.1f} s (timeout {limit:.1f} s)",
+                         elapsed=elapsed, timeout=limit)
+        self.progress.close()
+        print(f"turnout train: hang at {label} {step} on {self.b.backend.name} ({elapsed:.1f} s, timeout "
+              f"{limit:.1f} s); stopping so the run can resume elsewhere (--resume, or --fallback)", flush=True)
+        os._exit(EXIT_HANG)
 
     def record(self, r: StepResult, lr: float, loads: torch.Tensor, seconds: float) -> None:
         tps = r.tokens / seconds if seconds > 0 else 0.0
@@ -152,6 +235,8 @@ class Trainer:
         t = self.config.train
         c = self.config.ckpt
         stop = min(t.steps, until) if until else t.steps
+        if self.config.health.enabled:
+            self.watchdog.start()
         try:
             while self.step < stop:
                 self.train_step()
@@ -163,7 +248,15 @@ class Trainer:
             if not list_checkpoints(self.run_dir) or list_checkpoints(self.run_dir)[-1][0] != self.step:
                 self.save()
             self.ckpt.wait()
+        except TargetUntrusted as e:
+            self.events.emit("untrusted", self.step + 1, f"{self.b.backend.name} is no longer trusted: {e}",
+                             reason=str(e), cause=e.kind)
+            raise
+        except RunUnrecoverable as e:
+            self.events.emit("unrecoverable", self.step + 1, str(e))
+            raise
         finally:
+            self.watchdog.stop()
             self.progress.close()
         last = self.last.loss if self.last else math.nan
         done = self.step >= t.steps
@@ -211,10 +304,27 @@ def train(config: Config, target: str | Backend | None, run_dir: str | Path, *, 
                         f"({built.active_params:,} active) on {backend.name} x{info.world_size}, "
                         f"{built.dtype}".replace("torch.", ""), world_size=info.world_size,
                         params=built.params, active_params=built.active_params)
-    result = trainer.run(until)
-    if info.is_main:
-        write_report_safely(run_dir, log)
-    return result
+    try:
+        return trainer.run(until)
+    finally:
+        if info.is_main:
+            write_report_safely(run_dir, log)
+
+
+def _recorded_losses(run_dir: Path, exclude: str) -> dict[int, float]:
+    """The last loss recorded for each step by targets other than `exclude` (metrics.jsonl, torn lines skipped)."""
+    out: dict[int, float] = {}
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return out
+    for line in path.read_text().splitlines():
+        try:
+            m = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if m.get("kind") == "train" and m.get("target") != exclude and isinstance(m.get("loss"), float):
+            out[int(m["step"])] = m["loss"]
+    return out
 
 
 def _write_run_json(run_dir: Path, built: Built) -> None:

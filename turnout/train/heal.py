@@ -1,0 +1,157 @@
+"""A guarded step: measure, judge, diagnose by re-execution, and decide what happens to the step.
+
+Decisions (each one an event in RUN/events.jsonl with its evidence):
+- healthy: apply.
+- device error: retry in place; repeated errors within a window make the target untrusted.
+- non-finite, or a spike that persisted `spike_patience` steps: re-run in place. A different result is a
+  transient fault (hardware: counted; the clean re-run is applied). The same result is re-run on the reference
+  target: agreement means a real numerical problem (roll back and skip batches); disagreement means the target
+  computes wrongly (silent data corruption: counted, and the reference's step is applied where possible).
+- every `verify_interval` steps a healthy step is re-run in place anyway, so quiet corruption shows; a mismatch
+  is arbitrated by the reference, and the result that agrees with it is applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from turnout.config import HealthSection
+from turnout.train.events import EventLog
+from turnout.train.health import HealthMonitor, TargetUntrusted, TrustPolicy
+from turnout.train.rerun import GradSnapshot, Reexecutor, relative_difference
+from turnout.train.step import StepResult, StepRunner
+
+# exceptions that are the program's own bugs, not the device's: never retried or blamed on the target
+PROGRAM_ERRORS = (TypeError, ValueError, AssertionError, AttributeError, KeyError, IndexError)
+
+
+@dataclass
+class Outcome:
+    """What to do with a step: apply the gradients now in `.grad` (reporting `result`), or roll back."""
+
+    result: StepResult
+    apply: bool = True
+    rollback: str = ""  # reason, when the step must not be applied and the run goes back to a checkpoint
+
+
+class Healer:
+    """Runs one step under the health monitor and the trust policy."""
+
+    def __init__(self, runner: StepRunner, h: HealthSection, events: EventLog, sharded: bool = False):
+        self.runner, self.h, self.events = runner, h, events
+        self.monitor = HealthMonitor(h)
+        self.policy = TrustPolicy(h)
+        self.reexec = Reexecutor(runner, h.reference)
+        self.sharded = sharded
+
+    # ---- measuring, with device-error retries ----------------------------------------------------------
+    def compute(self, step: int, batches, rng: dict[str, torch.Tensor]) -> StepResult:
+        backend = self.runner.backend
+        for attempt in range(self.h.device_error_retries + 1):
+            try:
+                return self.runner.compute(batches)
+            except PROGRAM_ERRORS:
+                raise
+            except Exception as e:  # noqa: BLE001 - a target's failure (device lost, missing kernel, ...)
+                self.runner.discard()
+                detail = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+                self.events.emit("device_error", step, detail, attempt=attempt + 1)
+                reason = self.policy.device_error(step)
+                if reason:
+                    raise TargetUntrusted(reason, "device_error") from e
+                backend.set_rng_state(rng)
+                backend.set_step(step)
+        raise TargetUntrusted(f"step {step} failed {self.h.device_error_retries + 1} time(s) in a row", "device_error")
+
+    # ---- the guarded step -------------------------------------------------------------------------------
+    def run(self, step: int, batches) -> Outcome:
+        """Measure step `step` on this rank's micro-batches and decide; gradients of the chosen result are left in
+        `.grad` when the outcome says apply."""
+        rng = self.runner.backend.get_rng_state()
+        result = self.compute(step, batches, rng)
+        if not self.h.enabled:
+            return Outcome(result)
+        verdict = self.monitor.check(result)
+        for kind, detail in verdict.findings:
+            suffix = "" if kind == "nan" else f" ({self.monitor.spiking}/{self.h.spike_patience})"
+            self.events.emit(kind, step, detail + suffix, loss=result.loss, grad_norm=result.grad_norm)
+        if verdict.reject or verdict.rollback:
+            return self.diagnose(step, batches, rng, result, "non-finite step" if verdict.reject else
+                                 f"{'/'.join(verdict.kinds)} persisted {self.monitor.spiking} steps")
+        if self.h.verify_interval and step % self.h.verify_interval == 0 and self.reexec.reference_spec:
+            result = self.verify(step, batches, rng, result)
+        self.monitor.observe(result)
+        return Outcome(result)
+
+    def diagnose(self, step: int, batches, rng, original: StepResult, why: str) -> Outcome:
+        """Re-run a rejected step in place, then on the reference, and act on what differs."""
+        again = self.reexec.in_place(step, batches, rng)
+        diff = relative_difference(original, again)
+        self.events.emit("rerun", step, f"re-ran in place: relative difference {diff:.3g}", where="in_place",
+                         difference=diff, loss=again.loss, grad_norm=again.grad_norm)
+        if diff > self.h.rerun_rtol:
+            self._hardware(step, "transient", f"{why}; an in-place re-run differs by {diff:.3g}: a transient fault",
+                           difference=diff)
+            if self.monitor.healthy(again):
+                self.monitor.reset()
+                self.monitor.observe(again)
+                return Outcome(again)
+            original = again  # the re-run is unhealthy too: judge it below
+        if not self.reexec.reference_spec:
+            return Outcome(original, apply=False, rollback=f"{why}; reproducible in place (no reference to consult)")
+        ref = self.reexec.on_reference(batches, rng)
+        diff_ref = relative_difference(original, ref)
+        self.events.emit("rerun", step, f"re-ran on {self.reexec.reference_spec}: relative difference {diff_ref:.3g}",
+                         where=self.reexec.reference_spec, difference=diff_ref, loss=ref.loss, grad_norm=ref.grad_norm)
+        if diff_ref <= self.h.reference_rtol:
+            return Outcome(original, apply=False, rollback=f"{why}; reproducible in place and on "
+                           f"{self.reexec.reference_spec} (difference {diff_ref:.3g}): a numerical problem in model "
+                           f"or data")
+        self._hardware(step, "persistent", f"{why}; reproducible in place but {self.reexec.reference_spec} "
+                       f"computes it differently (relative difference {diff_ref:.3g}): the target computes wrongly",
+                       difference=diff_ref)
+        if self.monitor.healthy(ref) and not self.sharded:
+            self.reexec.reference_grads_into_target()
+            self.monitor.reset()
+            self.monitor.observe(ref)
+            return Outcome(ref)
+        return Outcome(original, apply=False, rollback=f"{why}; the target computes wrongly and the reference's "
+                       f"step cannot be applied")
+
+    def verify(self, step: int, batches, rng, original: StepResult) -> StepResult:
+        """Re-run a healthy step in place; on a mismatch keep whichever run the reference agrees with."""
+        snap = GradSnapshot(self.runner)
+        again = self.reexec.in_place(step, batches, rng)
+        diff = relative_difference(original, again)
+        if diff <= self.h.rerun_rtol:
+            return again
+        ref = self.reexec.on_reference(batches, rng)
+        d_orig, d_again = relative_difference(original, ref), relative_difference(again, ref)
+        self.events.emit("rerun", step, f"verification re-run differs by {diff:.3g}; vs {self.reexec.reference_spec}:"
+                         f" first run {d_orig:.3g}, re-run {d_again:.3g}", where="verify", difference=diff,
+                         first_vs_reference=d_orig, rerun_vs_reference=d_again)
+        if d_again <= self.h.reference_rtol and d_again <= d_orig:
+            self._hardware(step, "transient", f"verification: the first run of step {step} was corrupted "
+                           f"(differs from the re-run by {diff:.3g}; the re-run matches the reference)",
+                           difference=diff)
+            return again
+        if d_orig <= self.h.reference_rtol:
+            snap.restore(self.runner)
+            self._hardware(step, "transient", f"verification: the re-run of step {step} was corrupted "
+                           f"(the first run matches the reference)", difference=diff)
+            return original
+        self._hardware(step, "persistent", f"verification: neither run of step {step} matches the reference "
+                       f"({d_orig:.3g}, {d_again:.3g})", difference=min(d_orig, d_again))
+        if not self.sharded:
+            self.reexec.reference_grads_into_target()
+            return ref
+        raise TargetUntrusted(f"step {step} cannot be computed correctly on this target", "sdc")
+
+    def _hardware(self, step: int, classification: str, detail: str, **evidence) -> None:
+        """An SDC finding: record it and count it toward failover (raises TargetUntrusted past the limit)."""
+        self.events.emit("sdc", step, detail, classification=classification, **evidence)
+        reason = self.policy.fault(step)
+        if reason:
+            raise TargetUntrusted(reason, "sdc")

@@ -1,0 +1,260 @@
+"""Reading a run directory for the report: tolerant JSONL parsing, surviving steps, the headline numbers.
+
+Everything here works from the files alone (metrics.jsonl, events.jsonl, run.json, config.toml, checkpoints/),
+so a report can be rebuilt at any time, also while the run is going or after it was killed. Odd input never
+raises: unreadable lines are counted and skipped, missing files read as empty, NaN/null/"NaN" become NaN.
+
+Rollbacks make step numbers repeat. A train line at step s supersedes every earlier line at step >= s (the run
+went back and redid them), so the *surviving* lines are what the curves show and what counts as productive
+time; every line, superseded or not, still counts towards wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time as _time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from turnout.train.plots_svg import as_float, as_int
+from turnout.train.report_incidents import find_incidents
+
+# A run with no end event whose files have not changed for this long is taken to have died.
+STALE_AFTER_S = 600.0
+
+
+def read_jsonl(path: Path | str) -> list[dict]:
+    """The JSON objects in a JSONL file, skipping blank, unparsable (e.g. a truncated last) and non-object lines.
+
+    A missing or unreadable file gives an empty list.
+    """
+    return read_jsonl_counted(path)[0]
+
+
+def read_jsonl_counted(path: Path | str) -> tuple[list[dict], int]:
+    """Like read_jsonl, and also how many non-blank lines were skipped as unreadable."""
+    try:
+        # errors="replace": a write cut inside a multi-byte character must not make the whole file unreadable.
+        text = Path(path).read_bytes().decode("utf-8", errors="replace")
+    except OSError:
+        return [], 0
+    rows, skipped = [], 0
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            obj = json.loads(line)  # Python's json accepts NaN/Infinity literals, which the loop may write
+        except (ValueError, RecursionError):
+            skipped += 1
+            continue
+        if isinstance(obj, dict):
+            rows.append(obj)
+        else:
+            skipped += 1
+    return rows, skipped
+
+
+def _normalise(row: dict) -> dict:
+    """A copy of a JSONL row whose step is an int or None, time a float (NaN if absent) and kind a string."""
+    out = dict(row)
+    out["step"] = as_int(row.get("step"))
+    out["time"] = as_float(row.get("time"))
+    kind = row.get("kind")
+    if not isinstance(kind, str):
+        # Untagged metric lines: guess from the fields so an older writer's file still plots.
+        kind = "eval" if "val_loss" in row else "train" if "loss" in row else "unknown"
+    out["kind"] = kind
+    out["target"] = str(row.get("target", "")) if row.get("target") is not None else ""
+    return out
+
+
+@dataclass
+class RunData:
+    """Everything read from one run directory, normalised (see _normalise) but otherwise as written."""
+
+    run_dir: Path
+    train: list = field(default_factory=list)  # every train line, file order (superseded ones included)
+    evals: list = field(default_factory=list)  # every eval line, file order
+    events: list = field(default_factory=list)  # every event, sorted by time (stable)
+    final_train: list = field(default_factory=list)  # surviving train line per step, ascending step
+    final_evals: list = field(default_factory=list)  # surviving eval line per step, ascending step
+    info: dict = field(default_factory=dict)  # run.json
+    config_text: str | None = None
+    checkpoints: list = field(default_factory=list)  # step, time, target, samples, path, manifest (ok|missing|...)
+    skipped_lines: int = 0
+
+
+def _surviving(metrics: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The train and eval lines not superseded by a later line at the same or an earlier step (rollbacks)."""
+    train, evals = [], []
+    for m in metrics:
+        s = m["step"]
+        if s is None or m["kind"] not in ("train", "eval"):
+            continue
+        # Steps >= s were rolled back: drop them. A new train line at s also voids an eval taken at s.
+        while evals and evals[-1]["step"] >= s:
+            evals.pop()
+        if m["kind"] == "train":
+            while train and train[-1]["step"] >= s:
+                train.pop()
+            train.append(m)
+        else:
+            evals.append(m)
+    return train, evals
+
+
+def _sorted_by_time(events: list[dict]) -> list[dict]:
+    """Events in time order; an event without a time keeps its place after the previous timed one."""
+    keyed, last = [], -math.inf
+    for i, e in enumerate(events):
+        if math.isfinite(e["time"]):
+            last = e["time"]
+        keyed.append((last, i, e))
+    return [e for _, _, e in sorted(keyed, key=lambda k: (k[0], k[1]))]
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object from a file, or {} when it is missing, unreadable or not an object."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def _checkpoints(run_dir: Path) -> list[dict]:
+    """The checkpoints/step-N directories with their manifest's step and time, in step order."""
+    root = run_dir / "checkpoints"
+    try:
+        dirs = [p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"step-\d+", p.name)]
+    except OSError:
+        return []
+    out = []
+    for d in dirs:
+        mpath = d / "manifest.json"
+        manifest = _read_json(mpath)
+        state = "ok" if manifest else ("unreadable" if mpath.exists() else "missing")
+        step = as_int(manifest.get("step"))
+        out.append({"step": step if step is not None else int(d.name[5:]), "time": as_float(manifest.get("time")),
+                    "target": str(manifest.get("target") or ""), "samples": as_int(manifest.get("samples")),
+                    "path": f"checkpoints/{d.name}", "manifest": state})
+    return sorted(out, key=lambda c: (c["step"], c["path"]))
+
+
+def load_run(run_dir: Path | str) -> RunData:
+    """Read a run directory; missing pieces come back empty rather than raising."""
+    run_dir = Path(run_dir)
+    metrics, bad_m = read_jsonl_counted(run_dir / "metrics.jsonl")
+    events, bad_e = read_jsonl_counted(run_dir / "events.jsonl")
+    metrics = [_normalise(m) for m in metrics]
+    data = RunData(run_dir=run_dir, skipped_lines=bad_m + bad_e)
+    data.train = [m for m in metrics if m["kind"] == "train"]
+    data.evals = [m for m in metrics if m["kind"] == "eval"]
+    data.final_train, data.final_evals = _surviving(metrics)
+    data.events = _sorted_by_time([_normalise(e) for e in events])
+    data.info = _read_json(run_dir / "run.json")
+    try:
+        data.config_text = (run_dir / "config.toml").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        data.config_text = None
+    data.checkpoints = _checkpoints(run_dir)
+    return data
+
+
+def _status(data: RunData, last_time: float | None, now: float | None) -> tuple[str, str]:
+    """(finished | stopped | running | failed | unknown, a short reason), from end/stop events and the clock.
+
+    The loop writes "end" when it reached train.steps and "stop" when it was asked to stop early (resumable).
+    """
+    lifecycle = [e for e in data.events if e["kind"] in ("start", "resume", "end", "stop")]
+    if lifecycle and lifecycle[-1]["kind"] == "stop":
+        return "stopped", str(lifecycle[-1].get("detail") or "stopped before the last step; resumable")
+    if lifecycle and lifecycle[-1]["kind"] == "end":
+        end = lifecycle[-1]
+        flag = str(end.get("status", "")).lower()
+        if end.get("ok") is False or flag in ("failed", "error", "crashed", "aborted"):
+            return "failed", str(end.get("detail") or "the end event reports a failure")
+        return "finished", str(end.get("detail") or "end event written")
+    if last_time is None:
+        return "unknown", "no metrics or events yet"
+    idle = (_time.time() if now is None else now) - last_time
+    if idle <= STALE_AFTER_S:
+        return "running", f"no end event; last activity {idle:.0f} s ago"
+    return "failed", f"no end event and no activity for {idle:.0f} s (the process probably died)"
+
+
+def _mean(values: list) -> float | None:
+    vals = [v for v in (as_float(x) for x in values) if math.isfinite(v)]
+    return sum(vals) / len(vals) if vals else None
+
+
+def summarize(data: RunData, now: float | None = None) -> dict:
+    """The headline numbers of a loaded run (see summarize_run for the keys)."""
+    times = [m["time"] for m in data.train + data.evals + data.events if math.isfinite(m["time"])]
+    starts = [e["time"] for e in data.events if e["kind"] == "start" and math.isfinite(e["time"])]
+    first = starts[0] if starts else (min(times) if times else None)
+    last = max(times) if times else None
+    wall = max(0.0, last - first) if first is not None and last is not None else None
+    productive = sum(v for v in (as_float(m.get("step_time")) for m in data.final_train) if math.isfinite(v))
+    targets = list(dict.fromkeys(m["target"] for m in data.train if m["target"]))
+    if not targets and isinstance(data.info.get("targets"), list):
+        targets = [str(t) for t in data.info["targets"]]  # nothing trained yet: show what was configured
+    last_train = data.final_train[-1] if data.final_train else None
+    last_eval = data.final_evals[-1] if data.final_evals else None
+    status, status_detail = _status(data, last, now)
+    incidents, undetected = find_incidents(data.events, data.train)
+    by_target: Counter = Counter(m["target"] or "?" for m in data.final_train)
+    time_by_target: dict = {}
+    for m in data.final_train:
+        st = as_float(m.get("step_time"))
+        if math.isfinite(st):
+            time_by_target[m["target"] or "?"] = time_by_target.get(m["target"] or "?", 0.0) + st
+    tail = data.final_train[-max(1, len(data.final_train) // 10):] if data.final_train else []
+    return {
+        "name": str(data.info.get("name") or data.run_dir.name),
+        "run_dir": str(data.run_dir),
+        "status": status,
+        "status_detail": status_detail,
+        "targets": targets,
+        "configured_targets": data.info.get("targets") if isinstance(data.info.get("targets"), list) else [],
+        "fallback": data.info.get("fallback") if isinstance(data.info.get("fallback"), list) else [],
+        "steps": last_train["step"] if last_train else 0,
+        "final_loss": as_float(last_train.get("loss")) if last_train else None,
+        "final_val_loss": as_float(last_eval.get("val_loss")) if last_eval else None,
+        "final_val_step": last_eval["step"] if last_eval else None,
+        "started": first,
+        "last_time": last,
+        "wall_time": wall,
+        "productive_time": productive,
+        "ettr": productive / wall if wall else None,
+        "train_lines": len(data.train),
+        "superseded_lines": len(data.train) - len(data.final_train),
+        "steps_by_target": dict(by_target),
+        "productive_time_by_target": time_by_target,
+        "tokens_per_s": _mean([m.get("tokens_per_s") for m in tail]),  # over the last 10% of steps
+        "mfu": _mean([m.get("mfu") for m in tail]),
+        "params": as_int(data.info.get("params")),
+        "active_params": as_int(data.info.get("active_params")),
+        "checkpoints": [c["step"] for c in data.checkpoints],
+        "incidents": incidents,
+        "undetected_injections": undetected,
+        "events": len(data.events),
+        "skipped_lines": data.skipped_lines,
+    }
+
+
+def summarize_run(run_dir: Path | str, now: float | None = None) -> dict:
+    """The run's headline numbers from its directory, without parsing any HTML.
+
+    Keys: name, status (finished/stopped/running/failed/unknown), status_detail, targets (in order of first use),
+    steps (last surviving step), final_loss, final_val_loss, wall_time (s, last record - start event),
+    productive_time (s, step_time summed over surviving steps), ettr (productive / wall, None without wall
+    time), incidents (dicts with kind, step, time, target, ttd, ttr, steps_lost, recovery, actions, ...),
+    undetected_injections, steps_by_target, tokens_per_s and mfu (means over the last 10% of steps), and more.
+    Missing values are None; a NaN loss stays NaN. `now` (unix s) fixes the clock used to tell running from died.
+    """
+    return summarize(load_run(run_dir), now)
