@@ -51,7 +51,11 @@ class Healer:
         backend = self.runner.backend
         for attempt in range(self.h.device_error_retries + 1):
             try:
-                return self.runner.compute(batches)
+                result = self.runner.compute(batches)
+                if attempt:
+                    self.events.emit("rerun", step, f"retried in place after a device error: attempt {attempt + 1} "
+                                     f"succeeded", where="in_place", attempt=attempt + 1)
+                return result
             except PROGRAM_ERRORS:
                 raise
             except Exception as e:  # noqa: BLE001 - a target's failure (device lost, missing kernel, ...)
@@ -95,6 +99,7 @@ class Healer:
             self._hardware(step, "transient", f"{why}; an in-place re-run differs by {diff:.3g}: a transient fault",
                            difference=diff)
             if self.monitor.healthy(again):
+                self.events.emit("rerun", step, "applied the clean in-place re-run", where="in_place")
                 self.monitor.reset()
                 self.monitor.observe(again)
                 return Outcome(again)
@@ -114,6 +119,8 @@ class Healer:
                        difference=diff_ref)
         if self.monitor.healthy(ref) and not self.sharded:
             self.reexec.reference_grads_into_target()
+            self.events.emit("rerun", step, f"applied {self.reexec.reference_spec}'s result for this step",
+                             where=self.reexec.reference_spec)
             self.monitor.reset()
             self.monitor.observe(ref)
             return Outcome(ref)
@@ -136,16 +143,20 @@ class Healer:
             self._hardware(step, "transient", f"verification: the first run of step {step} was corrupted "
                            f"(differs from the re-run by {diff:.3g}; the re-run matches the reference)",
                            difference=diff)
+            self.events.emit("rerun", step, "kept the re-run (it matches the reference)", where="verify")
             return again
         if d_orig <= self.h.reference_rtol:
             snap.restore(self.runner)
             self._hardware(step, "transient", f"verification: the re-run of step {step} was corrupted "
                            f"(the first run matches the reference)", difference=diff)
+            self.events.emit("rerun", step, "kept the first run (it matches the reference)", where="verify")
             return original
         self._hardware(step, "persistent", f"verification: neither run of step {step} matches the reference "
                        f"({d_orig:.3g}, {d_again:.3g})", difference=min(d_orig, d_again))
         if not self.sharded:
             self.reexec.reference_grads_into_target()
+            self.events.emit("rerun", step, f"applied {self.reexec.reference_spec}'s result for this step",
+                             where=self.reexec.reference_spec)
             return ref
         raise TargetUntrusted(f"step {step} cannot be computed correctly on this target", "sdc")
 
