@@ -97,7 +97,8 @@ class HealthSection:
                            lo=0.0)
     reference: str = _f("cpu", "target that re-executes a suspect step to arbitrate; empty disables")
     reference_rtol: float = _f(1e-3, "relative difference above which the target and the reference disagree", lo=0.0)
-    skip_batches: int = _f(10, "global batches skipped after a rollback for a numerical problem", lo=0)
+    skip_batches: int = _f(10, "after a rollback, data resumes this many global batches past the onset's batch",
+                           lo=0)
     lr_cut: float = _f(0.9, "learning-rate factor when a problem recurs at the same place after a rollback",
                        lo=0.0, hi=1.0, lo_open=True)
     max_rollbacks: int = _f(5, "rollbacks allowed before the run stops as unrecoverable", lo=0)

@@ -86,7 +86,8 @@ class Healer:
                                  f"{'/'.join(verdict.kinds)} persisted {self.monitor.spiking} steps")
         if self.h.verify_interval and step % self.h.verify_interval == 0 and self.reexec.reference_spec:
             result = self.verify(step, batches, rng, result)
-        self.monitor.observe(result)
+        if verdict.ok:  # a pending spike is applied but kept out of the history, so it cannot become normal
+            self.monitor.observe(result)
         return Outcome(result)
 
     def diagnose(self, step: int, batches, rng, original: StepResult, why: str) -> Outcome:
@@ -95,15 +96,16 @@ class Healer:
         diff = relative_difference(original, again)
         self.events.emit("rerun", step, f"re-ran in place: relative difference {diff:.3g}", where="in_place",
                          difference=diff, loss=again.loss, grad_norm=again.grad_norm)
-        if diff > self.h.rerun_rtol:
-            self._hardware(step, "transient", f"{why}; an in-place re-run differs by {diff:.3g}: a transient fault",
-                           difference=diff)
-            if self.monitor.healthy(again):
-                self.events.emit("rerun", step, "applied the clean in-place re-run", where="in_place")
-                self.monitor.reset()
-                self.monitor.observe(again)
-                return Outcome(again)
-            original = again  # the re-run is unhealthy too: judge it below
+        if diff > self.h.rerun_rtol and self.monitor.healthy(again):
+            self._hardware(step, "transient", f"{why}; an in-place re-run differs by {diff:.3g} and is healthy: a "
+                           f"transient fault", difference=diff)
+            self.events.emit("rerun", step, "applied the clean in-place re-run", where="in_place")
+            self.monitor.reset()
+            self.monitor.observe(again)
+            return Outcome(again)
+        if diff > self.h.rerun_rtol:  # unhealthy again, differently: a recurring fault, or noise on a real problem
+            why += f"; an in-place re-run is unhealthy too (differs by {diff:.3g})"
+            original = again
         if not self.reexec.reference_spec:
             return Outcome(original, apply=False, rollback=f"{why}; reproducible in place (no reference to consult)")
         ref = self.reexec.on_reference(batches, rng)

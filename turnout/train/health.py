@@ -124,7 +124,7 @@ class HealthMonitor:
         return self._spike(self.loss, r.loss) is None and self._spike(self.grad, r.grad_norm) is None
 
     def observe(self, r: StepResult) -> None:
-        """Add an applied step to the history (spiking steps too: a new normal may be forming)."""
+        """Add a healthy applied step to the history."""
         if math.isfinite(r.loss) and math.isfinite(r.grad_norm):
             self.loss.push(r.loss)
             self.grad.push(r.grad_norm)

@@ -70,6 +70,7 @@ class Trainer:
         self.rollbacks: list[dict] = []  # {"onset", "to_step"} of every rollback so far
         self.expected: dict[int, float] = {}  # losses another target recorded past our checkpoint (failover check)
         self.checked: list[tuple[int, float, float, float]] = []  # (step, loss, loss before, relative difference)
+        self.batch_index: dict[int, int] = {}  # step -> global sample index its batch started at (recent steps)
         self.watchdog = Watchdog(config.health, self._on_hang)
         self._injections_seen = 0  # how many of an emulated target's injection records are already in events.jsonl
         self._fallback_ops: set[str] = set()
@@ -121,13 +122,16 @@ class Trainer:
         t0 = time.perf_counter()
         step = self.step + 1
         self.b.backend.set_step(step)
+        self.batch_index[step] = self.sampler.state_dict()["index"]
+        self.batch_index.pop(step - 512, None)  # a spike onset is at most spike_patience steps back
         batches = self.micro_batches()
         self.watchdog.begin("step", step)
         try:
             outcome = self.healer.run(step, batches)
             if outcome.rollback:
                 self.b.runner.discard()
-                self.rollback(step, outcome.rollback)
+                onset = step - max(self.healer.monitor.spiking - 1, 0)  # first step of a persisting spike
+                self.rollback(onset, outcome.rollback)
                 return None
             lr = lr_at(self.step, self.config.train, self.lr_scale)
             loads = self.b.runner.apply(outcome.result, lr)
@@ -140,7 +144,8 @@ class Trainer:
         return outcome.result
 
     def rollback(self, onset: int, reason: str) -> None:
-        """Back to the newest good checkpoint before `onset`, past `skip_batches` batches; cut LR on recurrence."""
+        """Back to the newest good checkpoint before `onset`; skip the data from the onset's batch on (PaLM skipped
+        the batches seen before and during a spike); cut the LR when the problem recurs at the same place."""
         h = self.config.health
         if len(self.rollbacks) >= h.max_rollbacks:
             raise RunUnrecoverable(f"step {onset}: {reason}; {len(self.rollbacks)} rollbacks already (health."
@@ -153,15 +158,17 @@ class Trainer:
         recurs = any(abs(r["onset"] - onset) <= near for r in self.rollbacks)
         self.rollbacks.append({"onset": onset, "to_step": m.step})
         self.events.emit("rollback", onset, f"{reason}; rolled back to {folder.name}", to_step=m.step,
-                         from_step=onset, path=str(folder))
+                         from_step=self.step + 1, path=str(folder))
+        onset_index = self.batch_index.get(onset, m.samples)
+        resume_at = max(m.samples, onset_index + h.skip_batches * self.config.train.batch_size)
         self.step = m.step
-        self.sampler.load_state_dict({"index": m.samples})
-        if h.skip_batches:
-            skip = h.skip_batches * self.config.train.batch_size
-            self.sampler.skip(skip)
-            self.events.emit("skip_batches", m.step, f"skipped {h.skip_batches} batches (samples {m.samples}.."
-                             f"{m.samples + skip - 1})", batches=h.skip_batches, first_sample=m.samples,
-                             samples=skip)
+        self.sampler.load_state_dict({"index": resume_at})
+        self.batch_index = {}
+        if resume_at > m.samples:
+            n = (resume_at - m.samples) // self.config.train.batch_size
+            self.events.emit("skip_batches", m.step, f"skipped {n} batches (samples {m.samples}..{resume_at - 1}: "
+                             f"those seen since the checkpoint, the onset's and {h.skip_batches - 1} after it)",
+                             batches=n, first_sample=m.samples, samples=resume_at - m.samples)
         if recurs:
             self.lr_scale *= h.lr_cut
             self.events.emit("lr_cut", m.step, f"problem recurred near step {onset}: learning rate x{h.lr_cut:g} "
