@@ -18,12 +18,10 @@ from typing import Any
 
 import torch
 
+from turnout.model.hf_keys import CheckpointError  # one error type for every checkpoint problem, HF or ours
+
 FORMAT = "turnout-checkpoint/1"
 MANIFEST = "manifest.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be trusted or used; the message is one line and names the file."""
 
 
 @dataclass

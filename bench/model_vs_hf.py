@@ -1,0 +1,181 @@
+"""turnout's model against transformers' DeepseekV3ForCausalLM on the same weights: forward and train-step speed.
+
+    python bench/model_vs_hf.py [--preset tiny] [--batch 8] [--seq 256] [--iters 10] [--warmup 3] [--threads N]
+                                [--tune-malloc] [--wait-quiet SECONDS]
+
+Both models get identical weights (turnout saves, HF loads). HF runs each of its CPU-worthy experts implementations
+("grouped_mm", its default, and "eager"; "batched_mm" is ~35x slower on CPU and skipped) and the best one is compared.
+Measurements are interleaved (turnout, then each HF variant, per iteration) so machine-load drift hits all alike;
+medians are reported. The optimiser is AdamW (fused where torch has it) for both. Achieved FLOP/s uses turnout.model.flops.flops_per_token (6 x active matmul weights plus causal
+attention) against the measured fp32 matmul peak (median of 2048^2 matmuls) in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+
+from turnout.model import ModelArgs, Transformer, flops_per_token, save_pretrained  # noqa: E402
+
+
+def matmul_peak(n: int = 2048, reps: int = 15) -> float:
+    """Median fp32 GFLOP/s of an n x n matmul."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def make_steps(model, kind: str, x, y, train: bool):
+    """A zero-argument callable running one forward (no_grad) or one fwd+bwd+AdamW step."""
+    if not train:
+        model.eval()
+
+        @torch.no_grad()
+        def fwd():
+            if kind == "turnout":
+                model(x)
+            else:
+                model(input_ids=x, use_cache=False)
+        return fwd
+
+    model.train()
+    try:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    except (RuntimeError, ValueError):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+
+    def step():
+        if kind == "turnout":
+            loss = model(x, targets=y).loss
+        else:
+            loss = model(input_ids=x, labels=x, use_cache=False).loss  # HF shifts labels itself
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if kind == "turnout":
+            model.update_expert_bias()
+    return step
+
+
+def cpu_busy(seconds: float = 2.0) -> float:
+    """Fraction of all CPUs busy over `seconds` (from /proc/stat); 0.0 where it cannot be read."""
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return v[3] + v[4], sum(v)  # idle + iowait, total
+    try:
+        i0, t0 = sample()
+        time.sleep(seconds)
+        i1, t1 = sample()
+    except OSError:
+        return 0.0
+    return 1 - (i1 - i0) / max(t1 - t0, 1)
+
+
+def wait_quiet(timeout: float, threshold: float = 0.1) -> float:
+    """Wait (up to timeout s) until other processes leave the CPUs idle; returns the last busy fraction."""
+    deadline = time.monotonic() + timeout
+    busy = cpu_busy()
+    while busy > threshold and time.monotonic() < deadline:
+        busy = cpu_busy()
+    return busy
+
+
+def tune_malloc() -> bool:
+    """glibc: keep freed memory instead of returning it to the OS (no mmap/munmap and page faults per big tensor)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, 1 << 30) and libc.mallopt(-1, 1 << 30))  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    except OSError:
+        return False
+
+
+def run(fns: dict, warmup: int, iters: int) -> dict[str, float]:
+    """Median seconds per call of each fn, with calls interleaved across fns."""
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    times = {k: [] for k in fns}
+    for _ in range(iters):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--hf-impls", default="grouped_mm,eager")
+    p.add_argument("--tune-malloc", action="store_true", help="glibc mallopt for both models (fewer page faults)")
+    p.add_argument("--wait-quiet", type=float, default=0, help="wait up to this many seconds for idle CPUs")
+    opts = p.parse_args()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    if opts.tune_malloc:
+        print(f"malloc tuned: {tune_malloc()}")
+    from transformers import DeepseekV3ForCausalLM
+
+    # mtp_depth=0: HF's DeepseekV3ForCausalLM trains no MTP module, so compare the same network
+    args = ModelArgs.preset(opts.preset, mtp_depth=0)
+    torch.manual_seed(0)
+    ours = Transformer(args)
+    tokens = torch.randint(0, args.vocab_size, (opts.batch, opts.seq + 1))
+    x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+    models = {"turnout": ours}
+    with tempfile.TemporaryDirectory() as d:
+        save_pretrained(ours, d)
+        for impl in opts.hf_impls.split(","):
+            models[f"hf/{impl}"] = DeepseekV3ForCausalLM.from_pretrained(
+                d, dtype=torch.float32, experts_implementation=impl, attn_implementation="sdpa")
+    if opts.wait_quiet:
+        print(f"CPU busy before measuring: {100 * wait_quiet(opts.wait_quiet):.0f}%")
+    peak = matmul_peak()
+    n_tok = opts.batch * opts.seq
+    fpt = flops_per_token(args, opts.seq)
+    print(f"preset {opts.preset} (mtp off), fp32, batch {opts.batch} x {opts.seq}, threads {torch.get_num_threads()}, "
+          f"torch {torch.__version__}")
+    print(f"fp32 matmul peak (2048^2, median): {peak:.1f} GFLOP/s; model {fpt / 1e6:.1f} MFLOP/token (train)")
+
+    fwd = run({k: make_steps(m, k.split("/")[0], x, y, train=False) for k, m in models.items()},
+              opts.warmup, opts.iters)
+    train = run({k: make_steps(m, k.split("/")[0], x, y, train=True) for k, m in models.items()},
+                opts.warmup, opts.iters)
+    print(f"\n{'model':16s} {'fwd tok/s':>10s} {'train tok/s':>12s} {'train ms':>9s} {'GFLOP/s':>8s} {'% peak':>7s}")
+    for k in models:
+        gf = fpt * n_tok / train[k] / 1e9
+        print(f"{k:16s} {n_tok / fwd[k]:10.0f} {n_tok / train[k]:12.0f} {train[k] * 1e3:9.1f} {gf:8.1f} "
+              f"{100 * gf / peak:6.1f}%")
+    best_fwd = min((v, k) for k, v in fwd.items() if k != "turnout")
+    best_train = min((v, k) for k, v in train.items() if k != "turnout")
+    print(f"\nturnout vs best HF: forward {best_fwd[0] / fwd['turnout']:.2f}x ({best_fwd[1]}), "
+          f"train step {best_train[0] / train['turnout']:.2f}x ({best_train[1]})")
+    print(f"turnout train step: {fpt * n_tok / train['turnout'] / 1e9 / peak * 100:.0f}% of the fp32 matmul peak")
+    if opts.wait_quiet:
+        print(f"CPU busy (other processes) right after: {100 * cpu_busy():.0f}%")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""MLA: the absorbed latent-cache path against the training path, incremental and ragged decoding."""
+
+import pytest
+import torch
+
+from turnout.model import LatentCache, ModelArgs, Transformer
+
+from .oracle import randomize_, rel_err, small_args
+
+CASES = {"base": dict(), "no_qlora_yarn": dict(q_lora_rank=None, rope_type="yarn", rope_factor=4.0,
+                                               original_seq_len=16, mscale=1.0, mscale_all_dim=1.0)}
+
+
+def _model(**kw):
+    model = Transformer(small_args(**kw)).eval()
+    randomize_(model, seed=11)
+    return model
+
+
+@pytest.mark.parametrize("case", CASES)
+@torch.no_grad()
+def test_absorbed_path_equals_training_path(case):
+    model = _model(**CASES[case])
+    tokens = torch.randint(0, 512, (3, 24))
+    cache = LatentCache(model.args, max_batch=3, max_seq=32)
+    assert rel_err(model(tokens, cache=cache, start_pos=0), model(tokens)) <= 1e-5
+
+
+@torch.no_grad()
+def test_eager_attention_equals_sdpa():
+    model = _model()
+    tokens = torch.randint(0, 512, (2, 20))
+    ref = model(tokens)
+    for layer in model.layers:
+        layer.attn.attn_impl = "eager"
+    assert rel_err(model(tokens), ref) <= 1e-5
+
+
+@pytest.mark.parametrize("case", CASES)
+@torch.no_grad()
+def test_incremental_decoding_equals_full_forward(case):
+    model = _model(**CASES[case])
+    tokens = torch.randint(0, 512, (2, 20))
+    full = model(tokens)
+    cache = LatentCache(model.args, max_batch=2, max_seq=20)
+    out = [model(tokens[:, :12], cache=cache, start_pos=0)]
+    for t in range(12, 20):
+        out.append(model(tokens[:, t:t + 1], cache=cache, start_pos=t))
+    assert rel_err(torch.cat(out, dim=1), full) <= 1e-5
+
+
+@torch.no_grad()
+def test_rows_at_different_positions_share_a_call():
+    """Continuous batching: rows in their own cache slots, at their own lengths, padded prefill, then one batch."""
+    model = _model()
+    a, b = torch.randint(0, 512, (1, 15)), torch.randint(0, 512, (1, 11))
+    full_a, full_b = model(a), model(b)
+    cache = LatentCache(model.args, max_batch=4, max_seq=16)
+    slots = torch.tensor([3, 1])
+    # ragged prefill in one call: b's 6 real tokens are padded to a's 9 with junk tokens
+    prompt = torch.cat([a[:, :9], torch.cat([b[:, :6], torch.full((1, 3), 7)], dim=1)])
+    pre = model(prompt, cache=cache, start_pos=0, slots=slots)
+    assert rel_err(pre[0, :9], full_a[0, :9]) <= 1e-5 and rel_err(pre[1, :6], full_b[0, :6]) <= 1e-5
+    # decode both rows together at different positions; b overwrites its padding as it goes
+    pos = torch.tensor([9, 6])
+    for i in range(5):
+        step = torch.stack([a[0, 9 + i], b[0, 6 + i]]).view(2, 1)
+        out = model(step, cache=cache, start_pos=pos + i, slots=slots)
+        assert rel_err(out[0, 0], full_a[0, 9 + i]) <= 1e-5
+        assert rel_err(out[1, 0], full_b[0, 6 + i]) <= 1e-5
+
+
+def test_cache_bytes_per_token_and_limits():
+    v3 = ModelArgs.preset("v3-671b")
+    assert LatentCache(v3, 1, 1, dtype=torch.bfloat16).bytes_per_token == (512 + 64) * 61 * 2
+    args = small_args()
+    cache = LatentCache(args, max_batch=2, max_seq=8)
+    assert cache.kv.shape == (3, 2, 8, 32) and cache.pe.shape == (3, 2, 8, 8)
+    assert cache.bytes_per_token == (32 + 8) * 3 * 4
+    model = Transformer(args).eval()
+    with pytest.raises(ValueError, match="max_seq"):
+        model(torch.zeros(1, 4, dtype=torch.long), cache=cache, start_pos=6)
+    with pytest.raises(ValueError, match="max_batch"):
+        model(torch.zeros(3, 1, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match="targets"):
+        model(torch.zeros(1, 2, dtype=torch.long), targets=torch.zeros(1, 2, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match="cache="):
+        model(torch.zeros(1, 2, dtype=torch.long), start_pos=3)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        LatentCache(args, 1, args.max_seq_len + 1)

@@ -1,0 +1,98 @@
+"""RMSNorm and rotary position embedding (RoPE) with YaRN scaling, in DeepSeek's interleaved-pair layout."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .args import ModelArgs
+
+
+class RMSNorm(nn.Module):
+    """y = w * x / rms(x), normalised in fp32 and cast back before the weight (as HF does)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.dim, self.eps = dim, eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, (self.dim,), self.weight, self.eps)
+        return F.rms_norm(x.float(), (self.dim,), eps=self.eps).to(x.dtype) * self.weight
+
+    def reset_parameters(self):
+        nn.init.ones_(self.weight)
+
+
+def yarn_get_mscale(scale: float, mscale: float = 1.0) -> float:
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def softmax_scale(args: ModelArgs) -> float:
+    """qk_head_dim^-0.5, times mscale(factor, mscale_all_dim)^2 under YaRN (1.3524e-1 for V3 instead of 7.2e-2)."""
+    scale = args.qk_head_dim ** -0.5
+    if args.rope_type != "default" and args.mscale_all_dim:
+        m = yarn_get_mscale(args.rope_factor, args.mscale_all_dim)
+        scale = scale * m * m
+    return scale
+
+
+def rope_inv_freq(args: ModelArgs) -> tuple[torch.Tensor, float]:
+    """([qk_rope_head_dim/2] inverse frequencies, cos/sin multiplier); HF's default and yarn (truncate=True) math."""
+    d, base = args.qk_rope_head_dim, args.rope_theta
+    pos_freqs = base ** (torch.arange(0, d, 2, dtype=torch.float32, device="cpu") / d)
+    inv_freq = 1.0 / pos_freqs
+    if args.rope_type == "default":
+        return inv_freq, 1.0
+    factor, orig = args.rope_factor, args.original_seq_len
+
+    def correction_dim(n_rot: float) -> float:  # the dim index whose wavelength fits n_rot times into orig
+        return d * math.log(orig / (n_rot * 2 * math.pi)) / (2 * math.log(base))
+
+    low = max(math.floor(correction_dim(args.beta_fast)), 0)
+    high = min(math.ceil(correction_dim(args.beta_slow)), d - 1)
+    if low == high:
+        high += 0.001  # avoid 0/0 in the ramp
+    ramp = torch.clamp((torch.arange(d // 2, dtype=torch.float32, device="cpu") - low) / (high - low), 0, 1)
+    extra = 1 - ramp  # 1: keep the original frequency (fast dims), 0: divide by factor (slow dims)
+    inv_freq = 1.0 / (factor * pos_freqs) * (1 - extra) + inv_freq * extra
+    af = args.rope_attention_factor
+    if af is None:
+        if args.mscale and args.mscale_all_dim:
+            af = yarn_get_mscale(factor, args.mscale) / yarn_get_mscale(factor, args.mscale_all_dim)
+        else:
+            af = yarn_get_mscale(factor)
+    return inv_freq, float(af)
+
+
+class RotaryEmbedding:
+    """Maps positions to (cos, sin), each [..., rope/2].
+
+    Not a module and no buffer: inv_freq stays fp32 under `model.to(bf16)` and needs no re-init after meta-device
+    construction. It lives on the CPU and is copied (rope/2 floats) to the positions' device once per forward.
+    """
+
+    def __init__(self, args: ModelArgs):
+        self.inv_freq, self.attention_factor = rope_inv_freq(args)
+
+    def __call__(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.float().unsqueeze(-1) * self.inv_freq.to(positions.device)  # [..., T, rope/2] fp32
+        cos, sin = freqs.cos(), freqs.sin()
+        if self.attention_factor != 1.0:
+            cos, sin = cos * self.attention_factor, sin * self.attention_factor
+        return cos.to(dtype), sin.to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs (x0,x1),(x2,x3),... of x [..., T, h, rope] by cos/sin [..., T, rope/2].
+
+    The result comes out in half-split order [rotated evens | rotated odds]; q and k get the same permutation,
+    so q.k equals DeepSeek's complex-multiply result on the released (interleaved) weights.
+    """
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)

@@ -1,0 +1,157 @@
+"""Transformer: embedding, decoder blocks, final norm and head, plus MTP modules and the training losses.
+
+`python -m turnout.model` builds the `debug` preset and prints shapes (a smoke test).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .args import ModelArgs
+from .block import Block
+from .cache import LatentCache
+from .loss import Head
+from .moe import Experts, Gate, MoE
+from .mtp import MTPLayer, mtp_inputs
+from .norm_rope import RMSNorm, RotaryEmbedding
+
+
+@dataclass
+class ModelOutput:
+    """Result of `model(tokens, targets=...)`: loss = ce + mtp_loss_weight * mtp + balance."""
+
+    loss: torch.Tensor
+    ce: torch.Tensor  # next-token cross-entropy, mean over non-ignored targets
+    mtp: torch.Tensor  # mean over the D depths of each depth's cross-entropy (0 when mtp_depth = 0)
+    balance: torch.Tensor  # sequence-wise balance loss, alpha included, summed over MoE layers (0 when off)
+    logits: torch.Tensor | None = None  # [B, T, vocab] when return_logits=True
+
+
+class Transformer(nn.Module):
+    """DeepSeek-V3 decoder. Blocks live in `self.layers` (an nn.ModuleList, one FSDP unit each), MTP in `self.mtp`.
+
+    Parameters are created in the default dtype (fp32 masters); `model.to(dtype)` works. Construct under
+    `torch.device("meta")` and call `init_weights()` after materialising (`to_empty`) for sharded init.
+    """
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args.check()
+        self.embed = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(Block(i, args) for i in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.head = Head(args.dim, args.vocab_size, args.ignore_index, args.loss_impl)
+        self.tie_weights()
+        self.mtp = nn.ModuleList(MTPLayer(args.n_layers + k, args) for k in range(args.mtp_depth))
+        self.rope = RotaryEmbedding(args)
+        if not self.embed.weight.is_meta:
+            self.init_weights()
+
+    def tie_weights(self):
+        """Share embed.weight as head.weight when args.tie_embeddings (call again after `to_empty`)."""
+        if self.args.tie_embeddings:
+            self.head.weight = self.embed.weight
+
+    @torch.no_grad()
+    def init_weights(self, std: float | None = None):
+        """Normal(0, std) for every matrix and embedding, ones for norms, zeros for the router bias and loads."""
+        std = self.args.init_std if std is None else std
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=std)
+            elif isinstance(m, RMSNorm):
+                nn.init.ones_(m.weight)
+            elif isinstance(m, Gate):
+                nn.init.normal_(m.weight, std=std)
+                m.bias.zero_()
+            elif isinstance(m, Experts):
+                nn.init.normal_(m.w13, std=std)
+                nn.init.normal_(m.w2, std=std)
+            elif isinstance(m, MoE):
+                m.loads.zero_()
+
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None, *,
+                cache: LatentCache | None = None, start_pos: int | torch.Tensor = 0,
+                slots: torch.Tensor | None = None, return_logits: bool = False) -> torch.Tensor | ModelOutput:
+        """tokens [B, T] -> logits [B, T, vocab]; with targets [B, T] (ignore_index marks no-loss) -> ModelOutput.
+
+        With `cache`, runs the absorbed attention path on the latent cache: the tokens of row b sit at positions
+        start_pos (+ t), where start_pos is an int or a LongTensor [B], and use cache row slots[b] (default b).
+        The cache path is for inference; it does not compute losses.
+        """
+        B, T = tokens.shape
+        if cache is not None and targets is not None:
+            raise ValueError("targets with a cache is not supported; the cache path is for inference")
+        if cache is None and (slots is not None or not isinstance(start_pos, int) or start_pos != 0):
+            raise ValueError("start_pos and slots place tokens in a cache; pass cache=")
+        h = self.embed(tokens)
+        step = None
+        if cache is None:
+            positions = torch.arange(T, device=tokens.device)
+        else:
+            step = cache.step(B, T, start_pos, slots)
+            positions = step.pos
+        cos, sin = self.rope(positions, h.dtype)
+        balance = []
+        for layer in self.layers:
+            h, bal = layer(h, cos, sin, cache, step)
+            if bal is not None:
+                balance.append(bal)
+        h = self.norm(h)
+        if targets is None:
+            return self.head(h)
+
+        logits = self.head(h) if return_logits else None
+        ce = self.head(h, targets)
+        mtp = []
+        for k, layer in enumerate(self.mtp, start=1):
+            shifted, tgt = mtp_inputs(tokens, targets, k, self.args.ignore_index)
+            h, out, bal = layer(h, self.embed(shifted), cos, sin)
+            mtp.append(self.head(out, tgt))
+            if bal is not None:
+                balance.append(bal)
+        zero = ce.new_zeros(())
+        mtp = torch.stack(mtp).mean() if mtp else zero
+        balance = torch.stack(balance).sum() if balance else zero
+        loss = ce + self.args.mtp_loss_weight * mtp + balance
+        return ModelOutput(loss=loss, ce=ce, mtp=mtp, balance=balance, logits=logits)
+
+    # --- aux-loss-free load balancing -------------------------------------------------------------------------
+    def moe_layers(self) -> list[MoE]:
+        """The MoE ffns: main blocks in order, then MTP blocks."""
+        return [b.ffn for b in (*self.layers, *self.mtp) if isinstance(b.ffn, MoE)]
+
+    def expert_loads(self) -> torch.Tensor:
+        """[n_moe_layers, n_routed_experts] tokens routed per expert (this rank) since the last reset."""
+        moes = self.moe_layers()
+        if not moes:
+            return torch.zeros(0, self.args.n_routed_experts)
+        return torch.stack([m.loads for m in moes]).clone()
+
+    @torch.no_grad()
+    def reset_expert_loads(self):
+        for m in self.moe_layers():
+            m.loads.zero_()
+
+    @torch.no_grad()
+    def update_expert_bias(self, gamma: float | None = None, group=None) -> torch.Tensor:
+        """After an optimiser step: sum loads over ranks (when a process group is up), move each router bias by
+        gamma * sign(mean_load - load) (gamma defaults to args.bias_update_speed; 0 only measures), reset the
+        counters and return the global loads [n_moe_layers, E]. Every rank must call it (it is a collective).
+        """
+        gamma = self.args.bias_update_speed if gamma is None else gamma
+        moes = self.moe_layers()
+        if not moes:
+            return torch.zeros(0, self.args.n_routed_experts)
+        loads = torch.stack([m.loads for m in moes])
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(loads, group=group)
+        if gamma:
+            for m, load in zip(moes, loads):
+                m.update_bias(load, gamma)
+        self.reset_expert_loads()
+        return loads
