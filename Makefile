@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml $(TORCH_CONSTRAINTS)
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/turnout targets
+	$(VENV)/bin/turnout demo
 
 test: $(STAMP)
 	$(PY) -m pytest

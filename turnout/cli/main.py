@@ -8,7 +8,7 @@ from typing import Callable
 
 from turnout.backend.spec import TargetError
 from turnout.ckpt import CheckpointError
-from turnout.cli import export, report, targets, train
+from turnout.cli import demo, export, report, targets, train
 from turnout.config import ConfigError
 from turnout.data import DataError
 
@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "train": (train.HELP, train.add_arguments, train.run),
     "report": (report.HELP, report.add_arguments, report.run),
     "export": (export.HELP, export.add_arguments, export.run),
+    "demo": (demo.HELP, demo.add_arguments, demo.run),
 }
 
 # Errors that mean "your input is wrong": one line on stderr, exit code 2, no traceback.
