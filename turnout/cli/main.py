@@ -8,7 +8,7 @@ from typing import Callable
 
 from turnout.backend.spec import TargetError
 from turnout.ckpt import CheckpointError
-from turnout.cli import demo, export, report, targets, train
+from turnout.cli import demo, export, generate, parity, report, serve, targets, train
 from turnout.config import ConfigError
 from turnout.data import DataError
 
@@ -18,6 +18,9 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "train": (train.HELP, train.add_arguments, train.run),
     "report": (report.HELP, report.add_arguments, report.run),
     "export": (export.HELP, export.add_arguments, export.run),
+    "generate": (generate.HELP, generate.add_arguments, generate.run),
+    "serve": (serve.HELP, serve.add_arguments, serve.run),
+    "parity": (parity.HELP, parity.add_arguments, parity.run),
     "demo": (demo.HELP, demo.add_arguments, demo.run),
 }
 

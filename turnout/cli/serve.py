@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 
 from turnout.config import ConfigError
 
@@ -48,18 +49,32 @@ def run(args: argparse.Namespace) -> int:
     if args.require_certificate:  # before loading: refuse fast, on the weights' hash alone
         ident = model_identity(args.model)
         if trained_on and ident.trained_on is None:
-            ident = type(ident)(ident.kind, ident.folder, ident.sha256, trained_on, ident.name)
+            ident = ident.with_trained_on(trained_on)
         cert = require_certificate(ident, target, args.certificate)
         print(f"certificate: {cert}" if cert else f"certificate: not needed ({target} is the training target)")
+    _check_bind(args.host, args.port)
     lm = load_for_serving(args.model, target, trained_on=trained_on)
     context = args.max_context or min(lm.model.args.max_seq_len, 8192)
     engine = Engine(lm.model, lm.tokenizer, lm.backend, max_batch=args.max_batch, max_context=context)
     name = args.model_name or lm.name
     key = args.api_key if args.api_key is not None else os.environ.get("TURNOUT_API_KEY") or None
     dtype = str(lm.dtype).removeprefix("torch.")
+    if not key and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {args.host} without an API key; anyone who can reach it can use it", flush=True)
     print(f"serving {name} on {lm.backend.name} ({dtype}) at http://{args.host}:{args.port}/v1 - context "
           f"{engine.context}, batch {engine.max_batch}, latent cache {engine.cache_bytes_per_token} B/token"
           f"{', API key required' if key else ''}", flush=True)
     serve(engine, name, host=args.host, port=args.port, api_key=key, target=lm.backend.name, dtype=dtype,
           log_level=args.log_level)
     return 0
+
+
+def _check_bind(host: str, port: int) -> None:
+    """Refuse early (before loading weights) when the address cannot be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ConfigError(f"--host {host} --port {port}: cannot bind ({e.strerror or e})") from None

@@ -1,0 +1,350 @@
+"""The OpenAI-compatible HTTP API over one Engine: FastAPI routes, SSE streaming, OpenAI-style errors.
+
+    GET  /health                 engine state (no API key needed)
+    GET  /v1/models              the one served model
+    POST /v1/completions         text or token-id prompts (a list of up to 16 prompts gives one choice each)
+    POST /v1/chat/completions    messages rendered with turnout.serve.chat's template
+    GET  /openapi.json, /docs    FastAPI's schema and its browser
+
+Request handlers run on the event loop; they tokenize and validate, hand the request to the engine's model thread
+and await its events through an asyncio.Queue fed with `loop.call_soon_threadsafe`. `stream: true` answers with
+server-sent events: `data: {chunk}\\n\\n` per delta and `data: [DONE]\\n\\n` at the end. Every error body is
+`{"error": {"message", "type", "param", "code"}}`; invalid requests get 4xx (bad JSON and wrong fields 400, a missing
+or wrong key 401, an unknown model or route 404), a failing target 500, a stopped engine 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from turnout.serve.api_schema import (ChatRequest, ChatResponse, CompletionRequest, CompletionResponse,
+                                      ErrorResponse, Health, ModelCard, ModelList, SamplingRequest)
+from turnout.serve.chat import CHAT_STOP, render_chat
+from turnout.serve.engine import Engine
+from turnout.serve.request import Event, RequestError
+from turnout.serve.sampling import SamplingParams
+
+COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+
+
+class ApiError(Exception):
+    """An error answered as `{"error": {...}}` with `status`."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+
+
+class AsciiJSON(JSONResponse):
+    """JSON with non-ASCII escaped: text with lone surrogates (valid JSON input) still renders."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+def error_response(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
+                   code: str | None = None) -> AsciiJSON:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return AsciiJSON(body, status_code=status, headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
+
+
+class _JsonBodies:
+    """Pure ASGI middleware: POST bodies on /v1/* are JSON whatever Content-Type says (`curl -d` sends a form
+    type), so every client gets the same parsing and the same errors."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/v1"):
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope = dict(scope, headers=headers + [(b"content-type", b"application/json")])
+        return await self.app(scope, receive, send)
+
+
+class _ApiKey:
+    """Pure ASGI middleware: /v1/* needs `Authorization: Bearer KEY`, checked before the body is even read."""
+
+    def __init__(self, app, key: str):
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+            auth = dict(scope["headers"]).get(b"authorization", b"")
+            scheme, _, token = auth.partition(b" ")
+            if scheme.lower() != b"bearer" or not token.strip():
+                missing = error_response(401, "missing API key: send 'Authorization: Bearer KEY'",
+                                         code="invalid_api_key")
+                return await missing(scope, receive, send)
+            if not hmac.compare_digest(token.strip(), self.key):
+                return await error_response(401, "incorrect API key provided", code="invalid_api_key")(
+                    scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, target: str = "",
+               dtype: str = "") -> FastAPI:
+    """The FastAPI app serving `engine` as model `model_name`; the engine's model thread must be started."""
+    created = int(time.time())
+    errors = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
+    sse_doc = {"content": {"text/event-stream": {"schema": {
+        "type": "string", "description": "with stream: true, `data: {chunk}` events, then `data: [DONE]`"}}}}
+    app = FastAPI(title="turnout", description=__doc__.split("\n\n")[0], version="1",
+                  default_response_class=AsciiJSON)
+    app.add_middleware(_JsonBodies)
+    if api_key:
+        app.add_middleware(_ApiKey, key=api_key)  # added last: runs first
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, e: ApiError):
+        return error_response(e.status, e.message, e.type, e.param, e.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError):
+        errs = e.errors()
+        first = errs[0] if errs else {"loc": (), "msg": "invalid request", "type": ""}
+        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        if first.get("type") == "json_invalid":
+            why = (first.get("ctx") or {}).get("error", "")
+            return error_response(400, f"the request body is not valid JSON{f' ({why})' if why else ''}")
+        if not loc:
+            return error_response(400, f"the request body must be a JSON object ({first.get('msg', 'invalid')})")
+        more = f" (+{len(errs) - 1} more problem{'s' * (len(errs) > 2)})" if len(errs) > 1 else ""
+        return error_response(400, f"{'.'.join(loc)}: {first.get('msg', 'invalid')}{more}", param=loc[0])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException):
+        return error_response(e.status_code, str(e.detail), "invalid_request_error" if e.status_code < 500
+                              else "server_error")
+
+    @app.exception_handler(Exception)
+    async def _crash(_: Request, e: Exception):
+        return error_response(500, f"internal error: {type(e).__name__}", "server_error")
+
+    @app.get("/health", response_model=Health, responses={503: {"model": Health}})
+    async def health():
+        ok = engine.threaded
+        s = engine.stats
+        body = Health(status="ok" if ok else "error", model=model_name, target=target, dtype=dtype,
+                      context=engine.context, max_batch=engine.max_batch,
+                      cache_bytes_per_token=engine.cache_bytes_per_token, running=engine.pending,
+                      requests=s.requests, cancelled=s.cancelled, errors=s.errors, last_error=s.last_error)
+        return AsciiJSON(body.model_dump(), status_code=200 if ok else 503)
+
+    @app.get("/v1/models", response_model=ModelList, responses=errors)
+    async def models():
+        return ModelList(data=[ModelCard(id=model_name, created=created, max_model_len=engine.context)]).model_dump()
+
+    def check_model(req: SamplingRequest) -> None:
+        if req.model != model_name:
+            raise ApiError(404, f"the model '{req.model}' does not exist; this server serves '{model_name}'",
+                           param="model", code="model_not_found")
+
+    def params_for(req: SamplingRequest, max_tokens: int | None, extra_stop: tuple[str, ...] = ()) -> SamplingParams:
+        return SamplingParams(max_tokens=max_tokens or 1, temperature=req.temperature,
+                              top_k=max(req.top_k, 0), top_p=req.top_p, seed=req.seed,
+                              stop=tuple(req.stop_list()) + extra_stop, ignore_eos=req.ignore_eos)
+
+    def prepare(prompts: list[str | list[int]], params: SamplingParams, fit: bool) -> list[tuple[list[int],
+                                                                                                 SamplingParams]]:
+        """Tokenize and check every prompt before any is submitted: one bad prompt refuses the whole request."""
+        out = []
+        for p in prompts:
+            try:
+                ids = engine.encode_prompt(p)
+                out.append((ids, engine.check(ids, params, fit_max_tokens=fit)))
+            except RequestError as e:
+                raise ApiError(400, str(e), param=e.param, code=e.code) from None
+        return out
+
+    def submit_all(jobs, q: asyncio.Queue) -> list[int]:
+        loop = asyncio.get_running_loop()
+        ids = []
+        try:
+            for i, (prompt_ids, params) in enumerate(jobs):
+                def sink(ev: Event, i=i) -> None:
+                    loop.call_soon_threadsafe(q.put_nowait, (i, ev))
+                ids.append(engine.submit(prompt_ids, params, sink).id)
+        except RuntimeError as e:  # shut down
+            for rid in ids:
+                engine.cancel(rid)
+            raise ApiError(503, f"the engine is not running ({e})", "server_error") from None
+        if not engine.threaded:
+            for rid in ids:
+                engine.cancel(rid)
+            raise ApiError(503, "the engine is not running", "server_error")
+        return ids
+
+    async def collect(jobs) -> list[tuple[str, Event]]:
+        """Run the jobs; (text, final event) per job, in order."""
+        q: asyncio.Queue = asyncio.Queue()
+        ids = submit_all(jobs, q)
+        texts: list[list[str]] = [[] for _ in jobs]
+        final: list[Event | None] = [None] * len(jobs)
+        try:
+            while any(f is None for f in final):
+                i, ev = await q.get()
+                texts[i].append(ev.text)
+                if ev.finish_reason is not None:
+                    final[i] = ev
+        finally:
+            for rid, f in zip(ids, final):
+                if f is None:
+                    engine.cancel(rid)
+        bad = next((f for f in final if f.finish_reason == "error"), None)
+        if bad is not None:
+            raise ApiError(500, f"generation failed on the target: {bad.error}", "server_error")
+        return [("".join(t), f) for t, f in zip(texts, final)]
+
+    async def events(jobs) -> AsyncIterator[tuple[int, Event]]:
+        """Submit now (errors surface before the response starts); yield (index, event) until all finish."""
+        q: asyncio.Queue = asyncio.Queue()
+        ids = submit_all(jobs, q)
+
+        async def gen():
+            left = set(range(len(jobs)))
+            try:
+                while left:
+                    i, ev = await q.get()
+                    if ev.finish_reason is not None:
+                        left.discard(i)
+                    yield i, ev
+            finally:  # the client went away: free the cache rows
+                for i in left:
+                    engine.cancel(ids[i])
+        return gen()
+
+    def usage(finals: list[Event]) -> dict:
+        p = sum(f.prompt_tokens for f in finals)
+        c = sum(f.completion_tokens for f in finals)
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+    def sse(obj: Any) -> bytes:
+        return b"data: " + json.dumps(obj, ensure_ascii=True, separators=(",", ":")).encode("ascii") + b"\n\n"
+
+    async def sse_stream(chunks: AsyncIterator[dict]) -> AsyncIterator[bytes]:
+        try:
+            async for c in chunks:
+                yield sse(c)
+        except ApiError as e:
+            yield sse({"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}})
+        yield b"data: [DONE]\n\n"
+
+    @app.post("/v1/completions", response_model=CompletionResponse, responses={200: sse_doc, **errors})
+    async def completions(req: CompletionRequest):
+        check_model(req)
+        params = params_for(req, req.max_tokens or COMPLETION_DEFAULT_MAX_TOKENS)
+        prompts = req.prompts()
+        jobs = prepare(prompts, params, fit=req.max_tokens is None)
+        echo = [(p if isinstance(p, str) else engine.tokenizer.decode(p)) if req.echo else "" for p in prompts]
+        rid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def chunk(choices: list[dict], use: dict | None = None) -> dict:
+            body = {"id": rid, "object": "text_completion", "created": now, "model": model_name, "choices": choices}
+            return body | ({"usage": use} if use is not None else {})
+
+        if not req.stream:
+            done = await collect(jobs)
+            return chunk([{"index": i, "text": echo[i] + t, "logprobs": None, "finish_reason": f.finish_reason}
+                          for i, (t, f) in enumerate(done)], usage([f for _, f in done]))
+
+        stream = await events(jobs)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+        async def chunks():
+            finals = []
+            for i, e in enumerate(echo):
+                if e:
+                    yield chunk([{"index": i, "text": e, "logprobs": None, "finish_reason": None}])
+            async for i, ev in stream:
+                if ev.finish_reason == "error":
+                    raise ApiError(500, f"generation failed on the target: {ev.error}", "server_error")
+                if ev.text or ev.finish_reason:
+                    yield chunk([{"index": i, "text": ev.text, "logprobs": None, "finish_reason": ev.finish_reason}])
+                if ev.finish_reason:
+                    finals.append(ev)
+            if include_usage:
+                yield chunk([], usage(finals))
+        return StreamingResponse(sse_stream(chunks()), media_type="text/event-stream")
+
+    @app.post("/v1/chat/completions", response_model=ChatResponse, responses={200: sse_doc, **errors})
+    async def chat(req: ChatRequest):
+        check_model(req)
+        prompt = render_chat([(m.role, m.text()) for m in req.messages])
+        asked = req.max_completion_tokens or req.max_tokens
+        params = params_for(req, asked or engine.default_max_tokens, (CHAT_STOP,))
+        jobs = prepare([prompt], params, fit=asked is None)
+        rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def chunk(choices: list[dict], use: dict | None = None) -> dict:
+            body = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": model_name,
+                    "choices": choices}
+            return body | ({"usage": use} if use is not None else {})
+
+        if not req.stream:
+            ((text, f),) = await collect(jobs)
+            return {"id": rid, "object": "chat.completion", "created": now, "model": model_name,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                                 "finish_reason": f.finish_reason}], "usage": usage([f])}
+
+        stream = await events(jobs)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+        async def chunks():
+            yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                          "finish_reason": None}])
+            async for _, ev in stream:
+                if ev.finish_reason == "error":
+                    raise ApiError(500, f"generation failed on the target: {ev.error}", "server_error")
+                if ev.text:
+                    yield chunk([{"index": 0, "delta": {"content": ev.text}, "logprobs": None,
+                                  "finish_reason": None}])
+                if ev.finish_reason:
+                    yield chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": ev.finish_reason}])
+                    if include_usage:
+                        yield chunk([], usage([ev]))
+        return StreamingResponse(sse_stream(chunks()), media_type="text/event-stream")
+
+    def openapi() -> dict:
+        """FastAPI's schema, with its 422 entries replaced: validation errors are answered with 400 here."""
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            for path in spec.get("paths", {}).values():
+                for op in path.values():
+                    if op.get("responses", {}).pop("422", None) is not None:
+                        op["responses"].setdefault("400", {"description": "Invalid request", "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}})
+            for name in ("HTTPValidationError", "ValidationError"):
+                spec.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi
+    return app
+
+
+def serve(engine: Engine, model_name: str, *, host: str = "127.0.0.1", port: int = 8000,
+          api_key: str | None = None, target: str = "", dtype: str = "", log_level: str = "warning") -> None:
+    """Start the engine's model thread and run uvicorn until interrupted (SIGINT/SIGTERM); then stop the engine."""
+    import uvicorn
+
+    app = create_app(engine, model_name, api_key=api_key, target=target, dtype=dtype)
+    engine.start()
+    try:
+        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                      timeout_graceful_shutdown=5)).run()
+    finally:
+        engine.shutdown()
