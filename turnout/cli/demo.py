@@ -1,32 +1,81 @@
 """`turnout demo`: the whole story on the embedded default, one stage after another, with progress throughout.
 
 1. what this machine has (`turnout targets`);
-2. training starts on the emulated unproven accelerator (sim:flaky) with cpu as fallback: the health monitor
-   catches its faults, diagnoses them by re-execution, and the run fails over to cpu and completes;
-3. the model is exported as an HF directory and continues a prompt; the run report's path closes it.
+2. qualify the unproven accelerator (an emulated chip, sim:flaky) and cpu for the model;
+3. train on the unproven chip anyway, with cpu as fallback: the health monitor catches its faults, diagnoses
+   them by re-execution, and the run fails over to cpu and completes;
+4. export the model, certify parity between cpu and the chip, serve it on the chip behind the OpenAI-compatible
+   API (loopback) and print a few completions from it;
+5. one HTML page linking the qualification reports, the run report and the parity certificate.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-HELP = "run the whole story on the embedded default: targets, train on an unproven chip with failover, export, sample"
+HELP = "the whole story on the embedded default: qualify, train with failover, certify, serve, one report"
+PROMPTS = ("ROMEO:", "To be, or not to be", "KING HENRY:")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="folder for everything the demo writes (replaced)")
-    p.add_argument("--config", default=None, help="run config (default: configs/demo.toml, or built-in values)")
+    p.add_argument("--config", default=None, help="run config (default: configs/demo.toml)")
     p.add_argument("--target", default="sim:flaky", help="the unproven accelerator")
     p.add_argument("--fallback", default="cpu", help="where the run goes when the target is no longer trusted")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    p.add_argument("--skip-qualify", action="store_true", help="leave out stage 2")
 
 
-def _stage(n: int, total: int, title: str) -> float:
-    print(f"\n=== {n}/{total} {title}", flush=True)
-    return time.time()
+def _stage(n: int, title: str) -> None:
+    print(f"\n=== {n}/5 {title}", flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_and_ask(model: Path, target: str, prompts=PROMPTS, max_tokens: int = 40) -> list[dict]:
+    """Start `turnout serve` on loopback (certificate required), ask for completions, stop it."""
+    import httpx
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "turnout", "serve", "--model", str(model), "--target", target,
+                             "--port", str(port), "--require-certificate"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited: {proc.stdout.read()[-500:]}")
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        name = httpx.get(f"{base}/v1/models", timeout=10).json()["data"][0]["id"]
+        out = []
+        for prompt in prompts:
+            r = httpx.post(f"{base}/v1/completions", json={"model": name, "prompt": prompt, "max_tokens": max_tokens,
+                                                           "temperature": 0.8, "top_k": 40, "seed": 0}, timeout=120)
+            r.raise_for_status()
+            out.append({"prompt": prompt, "completion": r.json()["choices"][0]["text"]})
+        return out
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,38 +86,51 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     config = args.config or ("configs/demo.toml" if Path("configs/demo.toml").is_file() else None)
-    sets = [x for s in args.set for x in ("--set", s)]
-    total, t_start = 3, time.time()
+    cfg_args = (["--config", config] if config else []) + [x for s in args.set for x in ("--set", s)]
+    t_start = time.time()
+    story: dict = {"target": args.target, "fallback": args.fallback, "qualify": {}}
 
-    _stage(1, total, "targets: what this machine has")
+    _stage(1, "targets: what this machine has")
     if main(["targets"]) != 0:
         return 1
 
-    _stage(2, total, f"train on {args.target} (unproven) with --fallback {args.fallback}")
+    _stage(2, f"qualify {args.target} and {args.fallback} for this model")
+    if args.skip_qualify:
+        print("skipped (--skip-qualify)")
+    else:
+        for target in (args.target, args.fallback):
+            qdir = out / f"qualify-{target.replace(':', '-')}"
+            main(["qualify", "--target", target, *cfg_args, "--out", str(qdir)])
+            q = json.loads((qdir / "qualify.json").read_text()) if (qdir / "qualify.json").is_file() else {}
+            story["qualify"][target] = {"dir": qdir.name, "verdict": q.get("verdict"), "reasons": q.get("reasons")}
+
+    _stage(3, f"train on {args.target} anyway, with --fallback {args.fallback}")
     run_dir = out / "run"
-    cmd = ["train", "--out", str(run_dir), "--target", args.target, "--fallback", args.fallback, *sets]
-    if config:
-        cmd[1:1] = ["--config", config]
-    code = main(cmd)
+    code = main(["train", *cfg_args, "--out", str(run_dir), "--target", args.target, "--fallback", args.fallback])
     if code != 0:
         print(f"demo: training did not complete (exit {code}); see {run_dir}/events.jsonl")
         return code
 
-    _stage(3, total, "export, and what the model learned")
+    _stage(4, f"export, certify parity {args.fallback} vs {args.target}, serve on {args.target}")
     main(["export", str(run_dir), "--hf", str(out / "hf")])
-    from turnout.backend import get_backend
-    from turnout.ckpt.restore import load_model
-    from turnout.data import Tokenizer
-    from turnout.train.report_data import summarize_run
-    from turnout.train.sample import sample_text
+    code = main(["parity", "--model", str(run_dir), "--a", args.fallback, "--b", args.target])
+    cert = sorted(run_dir.glob("parity-*.json"))
+    story["certificate"] = cert[-1].name if cert else None
+    if code == 0:
+        story["completions"] = serve_and_ask(run_dir, args.target)
+        for c in story["completions"]:
+            print(f"--- {c['prompt']}{c['completion']}")
+    else:
+        print(f"demo: no passing certificate, so {args.target} does not serve this model")
 
-    model, _, folder = load_model(run_dir)
-    tok = Tokenizer.load(folder / "tokenizer.json")
-    for prompt in ("ROMEO:", "To be, or not to be"):
-        print(f"--- {prompt}{sample_text(model, tok, get_backend('cpu'), prompt, max_new_tokens=48)}")
+    _stage(5, "the report")
+    from turnout.cli.demo_report import write_story
+
+    index = write_story(out, story)
+    from turnout.train.report_data import summarize_run
+
     s = summarize_run(run_dir)
-    print(f"\ndemo: {s['steps']} steps on {' -> '.join(s['targets'])}, final held-out loss "
-          f"{s['final_val_loss']:.3f}, goodput {s['ettr']:.0%}, {len(s['incidents'])} incidents handled; "
-          f"{time.time() - t_start:.0f} s in all")
-    print(f"report: {(run_dir / 'report.html').resolve()}")
+    print(f"demo: {s['steps']} steps on {' -> '.join(s['targets'])}, final held-out loss {s['final_val_loss']:.3f}, "
+          f"goodput {s['ettr']:.0%}, {len(s['incidents'])} incidents; {time.time() - t_start:.0f} s in all")
+    print(f"report: {index.resolve()}")
     return 0
