@@ -8,7 +8,7 @@ from typing import Callable
 
 from turnout.backend.spec import TargetError
 from turnout.ckpt import CheckpointError
-from turnout.cli import demo, export, generate, parity, report, serve, targets, train
+from turnout.cli import demo, export, generate, parity, qualify, report, serve, targets, train
 from turnout.config import ConfigError
 from turnout.data import DataError
 
@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "targets": (targets.HELP, targets.add_arguments, targets.run),
     "train": (train.HELP, train.add_arguments, train.run),
     "report": (report.HELP, report.add_arguments, report.run),
+    "qualify": (qualify.HELP, qualify.add_arguments, qualify.run),
     "export": (export.HELP, export.add_arguments, export.run),
     "generate": (generate.HELP, generate.add_arguments, generate.run),
     "serve": (serve.HELP, serve.add_arguments, serve.run),

@@ -1,0 +1,183 @@
+"""Qualification end to end: run the stages in order, decide the verdict, write DIR/qualify.json and DIR/report.html.
+
+Stage order: capabilities (a refusal stops here), op conformance, block parity, determinism, training parity,
+performance; the two-rank collectives job starts in the background right after capabilities and is collected at
+the end. Each stage logs a line when it starts and one with its status and time when it ends.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from turnout.backend import Backend, TargetError, get_backend
+from turnout.backend.spec import DTYPES
+from turnout.config import Config, ConfigError
+from turnout.model.flops import param_counts
+from turnout.qualify import collectives
+from turnout.qualify.blocks import block_parity
+from turnout.qualify.capabilities import check_capabilities
+from turnout.qualify.determinism import determinism
+from turnout.qualify.ops import conformance
+from turnout.qualify.perf import performance
+from turnout.qualify.stage import Log, StageResult, error_text
+from turnout.qualify.trace import trace_step
+from turnout.qualify.training import training_parity
+from turnout.qualify.verdict import decide
+from turnout.qualify.workload import Settings, Workload, load_workload
+from turnout.train.build import model_args
+
+STAGES = (("capabilities", "Capabilities"), ("ops", "Op conformance"), ("blocks", "Block parity"),
+          ("determinism", "Determinism"), ("training", "Training parity"), ("collectives", "Collectives"),
+          ("perf", "Performance"))
+SCHEMA = 1
+
+
+class _Runner:
+    """Runs stages with progress lines and timing; a stage that crashes becomes a failed stage, not a crash."""
+
+    def __init__(self, log: Log):
+        self.log = log
+        self.results: dict[str, StageResult] = {}
+
+    def __call__(self, name: str, fn: Callable[[], StageResult], what: str = "") -> StageResult:
+        i = [n for n, _ in STAGES].index(name) + 1
+        title = dict(STAGES)[name]
+        self.log(f"qualify [{i}/{len(STAGES)}] {title.lower()}{' (' + what + ')' if what else ''} ...")
+        t0 = time.perf_counter()
+        try:
+            st = fn()
+        except (ConfigError, TargetError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # noqa: BLE001 - report it as the stage's failure, keep the other stages
+            st = StageResult(name, title)
+            st.find("stage_error", f"{title.lower()} could not complete: {error_text(e)}")
+            st.evidence["traceback"] = traceback.format_exc().splitlines()[-12:]
+        if not st.seconds:
+            st.seconds = time.perf_counter() - t0
+        self.results[name] = st
+        self.log(f"qualify [{i}/{len(STAGES)}] {title.lower()}: {st.status.upper()} in {st.seconds:.1f} s"
+                 f"{' - ' + st.summary if st.summary else ''}")
+        return st
+
+    def skip(self, name: str, why: str) -> None:
+        self.results[name] = StageResult(name, dict(STAGES)[name]).skip(why)
+        i = [n for n, _ in STAGES].index(name) + 1
+        self.log(f"qualify [{i}/{len(STAGES)}] {dict(STAGES)[name].lower()}: SKIPPED - {why}")
+
+
+def qualify(config: Config, target: str | Backend, out_dir: str | Path, *, reference: str | Backend = "cpu",
+            settings: Settings | None = None, log: Log | None = print, config_path: str | None = None) -> dict:
+    """Qualify `target` for `config` against `reference`; writes OUT/qualify.json and OUT/report.html and returns
+    the qualify.json dict. Bad specs raise TargetError, bad configs (or a reference that refuses it) ConfigError."""
+    settings = (settings or Settings()).check()
+    log = log or (lambda _msg: None)
+    tgt = target if isinstance(target, Backend) else get_backend(target)
+    ref = reference if isinstance(reference, Backend) else get_backend(reference)
+    args = model_args(config)  # a bad preset or override is a ConfigError before anything runs
+    params = param_counts(args, mtp=True)[0]
+    ref_refusals = ref.validate(config, world_size=1, param_count=params)
+    if ref_refusals:
+        raise ConfigError(f"reference {ref.name} refuses this config: " + "; ".join(ref_refusals))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started, t0 = time.time(), time.perf_counter()
+    threads = torch.get_num_threads()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    try:
+        runner = _Runner(log)
+        _stages(runner, config, tgt, ref, settings, out, log)
+    finally:
+        torch.set_num_threads(threads)
+    stages = [runner.results[n] for n, _ in STAGES]
+    verdict, reasons = decide(stages, tgt.name)
+    result = {
+        "schema": SCHEMA, "target": tgt.name, "reference": ref.name, "verdict": verdict, "reasons": reasons,
+        "warnings": [f"{st.name}: {w}" for st in stages for w in st.warnings],
+        "findings": [f.to_dict() for st in stages for f in st.findings],
+        "stages": {st.name: st.to_dict() for st in stages},
+        "config": config.to_dict(), "config_path": config_path, "settings": settings.to_dict(),
+        "started": started, "seconds": time.perf_counter() - t0, "torch": torch.__version__,
+        "host": f"{platform.system()} {platform.machine()} {platform.processor()}".strip(),
+        "sim": _sim_record(tgt),
+    }
+    write_json(out / "qualify.json", result)
+    from turnout.qualify.report import write_report  # drawing is the last thing, and only needs the dict
+    write_report(out, result)
+    return result
+
+
+def _stages(run: _Runner, config: Config, tgt: Backend, ref: Backend, s: Settings, out: Path, log: Log) -> None:
+    caps = run("capabilities", lambda: check_capabilities(config, tgt), tgt.name)
+    if caps.findings:
+        why = "not run: " + caps.findings[0].message
+        for name, _ in STAGES[1:]:
+            run.skip(name, why)
+        return
+    dtype_name = tgt.compute_dtype_name(config)
+    dtype = DTYPES[dtype_name]
+    job = collectives.start(tgt, out, s.collectives_timeout) if s.collectives else None
+    work: Workload = load_workload(config, s, log=lambda m: log(f"  {m}"))
+    host = get_backend("cpu")
+    run("ops", lambda: conformance(trace_step(work, host, dtype), tgt, ref, work.config.train.seed),
+        f"{tgt.name} vs {ref.name} vs float64")
+    run("blocks", lambda: block_parity(work, tgt, ref, dtype))
+    run("determinism", lambda: determinism(work, tgt, step=s.steps + 1), f"{s.determinism_repeats} runs of a step")
+    train = run("training", lambda: training_parity(work, tgt, ref, ref.compute_dtype_name(config),
+                                                    log=lambda m: log(f"  {m}")),
+                f"{s.steps} steps, {work.tokens_per_step} tokens each")
+    if job is None:
+        run.skip("collectives", "skipped (--skip-collectives)")
+    else:  # collected before perf, so that its two ranks are gone before anything is timed
+        run("collectives", lambda: collectives.finish(job, tgt, s.collectives_timeout),
+            job.skipped or f"2 ranks via {tgt.collective}")
+    run("perf", lambda: performance(work, tgt, ref, dtype_name, run.results.get("ops"), train))
+
+
+def _sim_record(tgt: Backend) -> dict | None:
+    """For an emulated target: its profile and what it injected during qualification (ground truth)."""
+    events = getattr(tgt, "events", None)
+    if events is None:
+        return None
+    kinds: dict[str, int] = {}
+    for e in events:
+        kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
+    return {"profile": str(tgt.profile.path), "description": tgt.profile.description, "injected": kinds,
+            "counts": getattr(tgt, "counts", {}),
+            "events": [{k: e[k] for k in ("step", "kind", "op", "detail")} for e in events[:50]]}
+
+
+def _clean(v: Any) -> Any:
+    """JSON-safe: non-finite floats become strings ("inf", "nan"), tuples lists, unknown objects their str()."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else str(v)
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    return str(v)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomic write (temp file + rename): readers see the old file or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_clean(data), f, indent=1)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
