@@ -85,6 +85,7 @@ def test_mtp_layers_saved_under_hf_names_and_round_trip(tmp_path):
                        "mlp.experts.7.down_proj.weight", "mlp.shared_experts.up_proj.weight"):
             assert p + suffix in keys
     assert json.loads((tmp_path / "config.json").read_text())["num_nextn_predict_layers"] == 2
+    assert load_pretrained(tmp_path, mtp_depth=1).args.mtp_depth == 1  # dropping MTP modules is explicit
     loaded = load_pretrained(tmp_path)
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k

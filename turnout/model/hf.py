@@ -30,7 +30,7 @@ class SafetensorsReader:
     FP8 weights with a `<name>_scale_inv` sibling come out dequantised to fp32; the scale keys are hidden.
     """
 
-    def __init__(self, path: Path, block: tuple[int, int] = (128, 128)):
+    def __init__(self, path: Path, block: tuple[int, int] = (128, 128), exclude: tuple[str, ...] = ()):
         index = path / INDEX
         if index.exists():
             weight_map = json.loads(index.read_text())["weight_map"]
@@ -39,7 +39,7 @@ class SafetensorsReader:
             files = sorted(p.name for p in path.glob("*.safetensors"))
         if not files:
             raise CheckpointError(f"no safetensors files in {path}")
-        self.block = block
+        self.block, self.exclude = block, exclude
         self._where: dict[str, str] = {}
         self._handles = {}
         for f in files:
@@ -53,7 +53,8 @@ class SafetensorsReader:
         self._scales = {k[: -len("_scale_inv")] for k in self._where if k.endswith("_scale_inv")}
 
     def keys(self):
-        return [k for k in self._where if not (k.endswith("_scale_inv") and k[: -len("_scale_inv")] in self._where)]
+        return [k for k in self._where if not (k.endswith("_scale_inv") and k[: -len("_scale_inv")] in self._where)
+                and not k.startswith(self.exclude)]
 
     def shape(self, key: str) -> tuple[int, ...]:
         return tuple(self._handles[self._where[key]].get_slice(key).get_shape())
@@ -81,18 +82,20 @@ def load_config(path: str | os.PathLike) -> ModelArgs:
 
 def load_pretrained(path: str | os.PathLike, device="cpu", dtype: torch.dtype = torch.float32,
                     **overrides) -> Transformer:
-    """Build a Transformer from an HF DeepseekV3 directory; `overrides` change non-shape fields (e.g. experts_impl).
+    """Build a Transformer from an HF DeepseekV3 directory; `overrides` change non-shape fields (e.g. experts_impl),
+    or lower mtp_depth to leave MTP modules on disk.
 
     Every tensor the model needs must be present with its exact shape and nothing else may be left over
     (MTP copies of the embedding and head excepted); otherwise CheckpointError names the key.
     """
     path = Path(path)
-    args = load_config(path)
+    on_disk = args = load_config(path)
     if overrides:
         args = args.replace(**overrides).check()
     raw = json.loads((path / "config.json").read_text())
     block = tuple((raw.get("quantization_config") or {}).get("weight_block_size") or (128, 128))
-    sd = from_hf_state_dict(SafetensorsReader(path, block), args)
+    skip = tuple(f"model.layers.{args.n_layers + k}." for k in range(args.mtp_depth, on_disk.mtp_depth))
+    sd = from_hf_state_dict(SafetensorsReader(path, block, exclude=skip), args)
     with torch.device("meta"):
         model = Transformer(args)
     model.to_empty(device=device)
