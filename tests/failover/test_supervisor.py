@@ -92,3 +92,31 @@ def test_sigkill_of_a_worker_restarts_it_from_the_checkpoint(tmp_path):
 def test_bad_fallback_spec_is_one_line(tmp_path):
     r = _turnout("train", *BASE, "--out", str(tmp_path / "x"), "--target", "cpu", "--fallback", "tpu")
     assert r.returncode == 2 and "valid forms" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_target_that_validate_now_rejects_is_failed_over(tmp_path, monkeypatch):
+    """A worker dies; before restarting it the supervisor asks the target again, which now refuses the config."""
+    from turnout.config import load_config
+    from turnout.failover import Supervisor, WorkerExit
+
+    cfg = load_config("configs/debug.toml")
+    (tmp_path / "c.toml").write_text("")
+    sup = Supervisor(cfg, tmp_path / "c.toml", tmp_path / "run", ["sim:healthy", "cpu"], log=lambda m: None)
+    calls = []
+
+    def fake_worker(target, resume):
+        calls.append(target)
+        return WorkerExit(-9, "died", "worker killed by signal 9", 12) if target == "sim:healthy" else \
+            WorkerExit(0, "done", "", 20)
+
+    def usable(target):  # the emulated chip disappears after its first worker
+        return ["target sim:healthy is not available: device lost"] if calls.count(target) >= 1 and \
+            target == "sim:healthy" else []
+
+    monkeypatch.setattr(sup, "run_worker", fake_worker)
+    monkeypatch.setattr(sup, "usable", usable)
+    assert sup.run() == 0
+    assert calls == ["sim:healthy", "cpu"]
+    fo = _events(tmp_path / "run", "failover")
+    assert len(fo) == 1 and fo[0]["reason"] == "refused" and fo[0]["to_target"] == "cpu"
+    assert "device lost" in fo[0]["detail"]

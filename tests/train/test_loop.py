@@ -114,3 +114,13 @@ def test_resume_skips_a_corrupted_checkpoint(tmp_path):
     assert refused and "sha256" in refused[0]["detail"] or "missing" in refused[0]["detail"]
     resume = [e for e in events if e["kind"] == "resume"][-1]
     assert resume["step"] == 4
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["train", *FAST, "--out", str(one), "--until", "3", "--target", "cpu"]) == 0
+    assert main(["train", *FAST, "--out", str(two), "--until", "3", "--target", "cpu", "--set", "train.grad_accum=2"]) == 0
+    a, b = _losses(one), _losses(two)
+    assert a.keys() == b.keys()
+    for s in a:  # the same global batch; only the summation order differs
+        assert a[s] == pytest.approx(b[s], rel=1e-5)

@@ -37,7 +37,7 @@ STOP_KINDS = ("untrusted", "hang", "unrecoverable")
 @dataclass
 class WorkerExit:
     code: int
-    reason: str  # "done", "untrusted", "hang", "unrecoverable", "config", "died"
+    reason: str  # "done", "untrusted", "hang", "unrecoverable", "config", "died", "refused"
     detail: str
     last_step: int
 
@@ -136,15 +136,20 @@ class Supervisor:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         restarts, i = 0, 0
         resume = latest_checkpoint(self.run_dir) is not None
+        ran: WorkerExit | None = None  # how the last worker on targets[i] ended, if one ran there
         while i < len(self.targets):
             target = self.targets[i]
             refusals = self.usable(target)
             if refusals:
-                self.events.emit("target_refused", 0, f"{target} cannot take over: {'; '.join(refusals)}",
+                self.events.emit("target_refused", 0, f"{target} cannot take this run: {'; '.join(refusals)}",
                                  target=target)
                 i += 1
+                if ran is not None:  # it ran before and validate() now rejects it: move the run on
+                    self._failover(target, self.targets[i] if i < len(self.targets) else None,
+                                   WorkerExit(ran.code, "refused", "; ".join(refusals), ran.last_step))
+                ran = None
                 continue
-            ex = self.run_worker(target, resume)
+            ex = ran = self.run_worker(target, resume)
             resume = True
             if ex.reason == "done":
                 return 0
@@ -159,7 +164,7 @@ class Supervisor:
                     continue
                 ex = WorkerExit(ex.code, "died", f"the worker died {restarts} times on {target}", ex.last_step)
             i += 1
-            restarts = 0
+            restarts, ran = 0, None
             self._failover(target, self.targets[i] if i < len(self.targets) else None, ex)
         self.log("supervisor: no target left to run on")
         return 1
