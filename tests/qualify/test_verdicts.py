@@ -65,9 +65,21 @@ def test_bad_backward_is_inference_only_and_names_the_op_and_layers(qualified):
     assert r["sim"]["injected"].get("bad_backward", 0) > 0
 
 
-def test_bad_backward_kernel_the_model_never_calls_does_not_matter(qualified):
-    # with attn_impl="sdpa" attention runs the fused CPU flash kernel: _softmax_backward_data is not in the op set
+def test_bad_backward_default_attention_is_inference_only(qualified):
+    # the shipped profile also breaks the fused SDPA backward, the kernel the default attn_impl="sdpa" runs
     r, _ = qualified("sim:bad-backward")
+    check_consistent(r)
+    assert r["verdict"] == "inference-only"
+    failing = {o["packet"] for o in r["stages"]["ops"]["evidence"]["ops"] if o.get("status") == "fail"}
+    assert "_scaled_dot_product_flash_attention_for_cpu_backward" in failing
+
+
+def test_bad_backward_kernel_the_model_never_calls_does_not_matter(qualified, tmp_path_factory):
+    # with attn_impl="sdpa" attention runs the fused CPU flash kernel: _softmax_backward_data is not in the op set
+    prof = tmp_path_factory.mktemp("profiles") / "softmax-only.toml"
+    prof.write_text('[profile]\ndescription = "softmax backward only"\n[[fault]]\nkind = "bad_backward"\n'
+                    'ops = ["_softmax_backward_data"]\nerror = 0.05\n')
+    r, _ = qualified(f"sim:{prof}")
     check_consistent(r)
     assert r["verdict"] == "train-ready"
     assert not any(o["packet"] == "_softmax_backward_data" for o in r["stages"]["ops"]["evidence"]["ops"])
