@@ -9,14 +9,7 @@ from turnout.backend import get_backend
 from turnout.backend.sim import SimDeviceError
 from turnout.config import load_config
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one torch thread (OpenMP threads on a busy 2-core box turn microseconds into seconds)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Tiny(torch.nn.Module):

@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from turnout.config import load_config
 from turnout.qualify.run import qualify
@@ -23,14 +22,6 @@ ROOT = Path(__file__).resolve().parents[2]
 DEBUG = ROOT / "configs" / "debug.toml"
 # attention through an explicit softmax, whose backward is _softmax_backward_data
 EAGER = 'model.overrides.attn_impl="eager"'
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +44,8 @@ def qualified(golden_dir, tmp_path_factory):
         return cache[key]
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    """Every test in this folder runs torch on one thread (see tests/conftest.py)."""
