@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "turnout"
 LAYERS = {
     "config": 0,
+    "atomic": 0,
     "backend": 1,
     "model": 2,
     "data": 3,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import torch
 
+from turnout import atomic
 from turnout.model.hf_keys import CheckpointError  # one error type for every checkpoint problem, HF or ours
 
 FORMAT = "turnout-checkpoint/1"
@@ -80,12 +80,7 @@ def hash_folder(folder: Path) -> dict[str, str]:
 def write_manifest(folder: Path, manifest: Manifest) -> None:
     """Hash the folder's files into the manifest and write it atomically (temp file, fsync, rename)."""
     manifest.files = hash_folder(folder)
-    tmp = folder / (MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(manifest.to_json())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / MANIFEST)
+    atomic.write_text(folder / MANIFEST, manifest.to_json())
 
 
 def read_manifest(folder: Path) -> Manifest:

@@ -4,10 +4,9 @@ each linking to its full report. Self-contained HTML beside the files it links."
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from turnout import atomic
 from turnout.train.report_charts import loss_section, target_colors
 from turnout.train.report_data import load_run, summarize
 from turnout.train.report_html import Html, fmt_dur, fmt_pct, fmt_value, nodata, page, table
@@ -74,10 +73,6 @@ def write_story(out: Path, story: dict) -> Path:
             f'<section id="run"><h2>2. Training with failover</h2>{_run(out)}</section>'
             f'<section id="parity"><h2>3. Parity certificate</h2>{_certificate(out, story)}</section>'
             f'<section id="serve"><h2>4. Serving</h2>{_completions(story)}</section>')
-    path = out / "index.html"
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".index-", suffix=".html")
-    with os.fdopen(fd, "w") as f:
-        f.write(page("turnout demo", body))
-    os.replace(tmp, path)
-    (out / "story.json").write_text(json.dumps(story, indent=1))
+    path = atomic.write_text(out / "index.html", page("turnout demo", body))
+    atomic.write_json(out / "story.json", story)
     return path

@@ -10,11 +10,10 @@ per work, "\\f<name>\\n<text>\\n" (form feed never occurs in the texts). To rebu
 
 import hashlib
 import lzma
-import os
 import sys
-import tempfile
 from pathlib import Path
 
+from turnout import atomic
 from .errors import DataError
 from .sources import Document
 
@@ -60,11 +59,7 @@ def build(src_dir: Path, out_path: Path = CORPUS_PATH) -> int:
     data = "".join(records).encode("utf-8")
     # preset 9 without EXTREME: smallest here (1.58 MB) and byte-identical on every run
     blob = lzma.compress(data, format=lzma.FORMAT_XZ, preset=9)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=out_path.name + ".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(blob)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a package data file must be readable by all
-    os.replace(tmp, out_path)
+    atomic.write_bytes(out_path, blob)
     return len(data)
 
 

@@ -8,13 +8,13 @@ so a model can always be decoded; `transformers.PreTrainedTokenizerFast(tokenize
 """
 
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from turnout import atomic
 from .errors import DataError
 
 EOS, BOS, PAD = "<|eos|>", "<|bos|>", "<|pad|>"
@@ -124,16 +124,7 @@ class Tokenizer:
         path = Path(path)
         if path.is_dir():
             path = path / FILE_NAME
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.to_str())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic.write_text(path, self.to_str())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Tokenizer":

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from turnout import atomic
 
 SHIPPED = Path(__file__).parent / "golden"
 FORMAT = 1
@@ -57,14 +57,4 @@ def save_golden(folder: Path, reference: str, key: str, ident: dict, curve: dict
     folder.mkdir(parents=True, exist_ok=True)
     data = {"format": FORMAT, "key": key, "ident": ident, "created": time.time(),
             "host": platform.machine() + " " + (platform.processor() or ""), **curve}
-    path = folder / _name(reference, key)
-    fd, tmp = tempfile.mkstemp(prefix=".golden-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic.write_json(folder / _name(reference, key), data, indent=None)

@@ -8,11 +8,10 @@ per-layer gradient charts, the loss curve inside its tolerance band, collectives
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
+from turnout import atomic
 from turnout.qualify import report_charts as charts
 from turnout.qualify.numerics import MAXREL_FACTOR, NORM_FACTOR, RATIO_FACTOR, RATIO_FLOOR
 from turnout.qualify.training import FLOOR_ULPS, NOISE_ULPS, SAFETY
@@ -233,13 +232,4 @@ def write_report(out_dir: Path | str, result: dict) -> Path:
     """Write OUT/report.html atomically and return its path."""
     out = Path(out_dir)
     text = render_report(json.loads(json.dumps(result, default=str)))
-    fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html.tmp", dir=out)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out / "report.html")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out / "report.html"
+    return atomic.write_text(out / "report.html", text)

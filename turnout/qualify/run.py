@@ -7,11 +7,8 @@ the end. Each stage logs a line when it starts and one with its status and time 
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import platform
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -19,6 +16,7 @@ from typing import Any, Callable
 
 import torch
 
+from turnout import atomic
 from turnout.backend import Backend, TargetError, get_backend
 from turnout.backend.spec import DTYPES
 from turnout.config import Config, ConfigError
@@ -172,12 +170,4 @@ def _clean(v: Any) -> Any:
 
 def write_json(path: Path, data: dict) -> None:
     """Atomic write (temp file + rename): readers see the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_clean(data), f, indent=1)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_json(path, _clean(data))

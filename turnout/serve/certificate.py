@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import time
 from pathlib import Path
 
 import torch
 
+from turnout import atomic
 from turnout.backend import TargetError, parse_spec
 from turnout.config import ConfigError
 from turnout.serve.loader import ModelIdentity
@@ -108,10 +108,7 @@ def write_certificate(cert: dict, path: str | Path) -> Path:
     """Write atomically (temp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(_finite(cert), indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic.write_json(path, _finite(cert), allow_nan=False)
 
 
 def _finite(obj):

@@ -15,11 +15,10 @@ checkpoints (#config). A section that meets input it cannot handle says so inste
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from turnout import atomic
 from turnout.train.plots_svg import esc
 from turnout.train.report_charts import charts_section, loss_section, target_colors
 from turnout.train.report_data import RunData, load_run, read_jsonl, summarize, summarize_run
@@ -189,21 +188,4 @@ def write_report(run_dir: Path | str, now: float | None = None) -> Path:
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory not found: {run_dir}")
     text = render_report(run_dir, now)
-    out = run_dir / "report.html"
-    # The temp file sits next to the target so os.replace is a same-filesystem rename: readers see the old
-    # report or the new one, never half of one.
-    fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html.tmp", dir=run_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a report is meant to be shared
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return out
+    return atomic.write_text(run_dir / "report.html", text)
