@@ -71,3 +71,15 @@ def test_memory_and_peak():
 def test_collective_and_visible_devices(spec, collective, env):
     b = get_backend(spec)
     assert (b.collective, b.visible_devices_env) == (collective, env)
+
+
+def test_inference_kernels_are_valid_model_kernel_choices():
+    from turnout.backend.registry import known_targets
+    from turnout.model import ModelArgs
+    from turnout.model.args import KERNEL_FIELDS
+
+    for spec in known_targets():
+        kernels = get_backend(spec).inference_kernels()
+        assert set(kernels) <= set(KERNEL_FIELDS), spec
+        ModelArgs().replace(**kernels).check()
+    assert get_backend("cuda").inference_kernels() == {}  # GPUs keep nn.Linear's layout and grouped experts

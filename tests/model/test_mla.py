@@ -70,18 +70,43 @@ def test_rows_at_different_positions_share_a_call():
         assert rel_err(out[1, 0], full_b[0, 6 + i]) <= 1e-5
 
 
+@pytest.mark.parametrize("as_list", [False, True])
+@pytest.mark.parametrize("slots", [[0, 1, 2], [1, 2, 3], [3, 0, 2]])
+@torch.no_grad()
+def test_slots_and_positions_as_tensors_or_lists(slots, as_list):
+    """Contiguous slots (views), scattered slots (gathers), as ints or tensors: all decode like a full forward."""
+    model = _model()
+    tokens = torch.randint(0, 512, (3, 14))
+    full = model(tokens)
+    cache = LatentCache(model.args, max_batch=4, max_seq=16)
+    lens = [10, 7, 12]
+    for i, n in enumerate(lens):  # prefill each row alone, into its own slot
+        model(tokens[i:i + 1, :n], cache=cache, start_pos=0, slots=[slots[i]] if as_list else torch.tensor([slots[i]]))
+    for k in range(2):
+        pos = [n + k for n in lens]
+        step = torch.stack([tokens[i, p] for i, p in enumerate(pos)]).view(3, 1)
+        out = model(step, cache=cache, start_pos=pos if as_list else torch.tensor(pos),
+                    slots=slots if as_list else torch.tensor(slots))
+        for i, p in enumerate(pos):
+            assert rel_err(out[i, 0], full[i, p]) <= 1e-5
+
+
 def test_cache_bytes_per_token_and_limits():
     v3 = ModelArgs.preset("v3-671b")
     assert LatentCache(v3, 1, 1, dtype=torch.bfloat16).bytes_per_token == (512 + 64) * 61 * 2
     args = small_args()
     cache = LatentCache(args, max_batch=2, max_seq=8)
-    assert cache.kv.shape == (3, 2, 8, 32) and cache.pe.shape == (3, 2, 8, 8)
+    assert cache.kv.shape == (3, 2, 8, 32 + 8)  # [layers, rows, seq, kv_lora_rank + rope]
     assert cache.bytes_per_token == (32 + 8) * 3 * 4
     model = Transformer(args).eval()
     with pytest.raises(ValueError, match="max_seq"):
         model(torch.zeros(1, 4, dtype=torch.long), cache=cache, start_pos=6)
     with pytest.raises(ValueError, match="max_batch"):
         model(torch.zeros(3, 1, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match="slots"):
+        model(torch.zeros(1, 1, dtype=torch.long), cache=cache, slots=[2])
+    with pytest.raises(ValueError, match="start_pos"):
+        model(torch.zeros(1, 1, dtype=torch.long), cache=cache, start_pos=[1, 2])
     with pytest.raises(ValueError, match="targets"):
         model(torch.zeros(1, 2, dtype=torch.long), targets=torch.zeros(1, 2, dtype=torch.long), cache=cache)
     with pytest.raises(ValueError, match="cache="):

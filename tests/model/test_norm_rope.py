@@ -60,9 +60,10 @@ def test_v3_softmax_scale():
 def test_interleaved_rope_matches_official_complex_form():
     """DeepSeek's inference code rotates adjacent pairs with view_as_complex; q.k must agree."""
     args = small_args(qk_rope_head_dim=16)
-    cos, sin = RotaryEmbedding(args)(torch.arange(10), torch.float32)  # [T, 8]
+    cos, sin = RotaryEmbedding(args)(torch.arange(10), torch.float32)  # [T, 16]
+    assert torch.equal(cos[:, 0::2], cos[:, 1::2]) and torch.equal(sin[:, 0::2], -sin[:, 1::2])
     q, k = torch.randn(2, 10, 4, 16), torch.randn(2, 10, 1, 16)
-    freqs_cis = torch.polar(torch.ones_like(cos).double(), torch.atan2(sin, cos).double())  # [T, 8]
+    freqs_cis = torch.polar(torch.ones_like(cos[:, 1::2]).double(), torch.atan2(sin[:, 1::2], cos[:, 1::2]).double())
 
     def official(x):
         xc = torch.view_as_complex(x.double().reshape(*x.shape[:-1], -1, 2))
@@ -70,8 +71,8 @@ def test_interleaved_rope_matches_official_complex_form():
 
     ours_q, ours_k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     ref_q, ref_k = official(q), official(k)
-    # same values, half-split order: [even | odd] of the official interleaved result
-    assert torch.allclose(ours_q.double(), torch.cat([ref_q[..., 0::2], ref_q[..., 1::2]], -1), atol=1e-6)
+    # the official result itself, in the same interleaved layout
+    assert torch.allclose(ours_q.double(), ref_q, atol=1e-6) and torch.allclose(ours_k.double(), ref_k, atol=1e-6)
     dots = torch.einsum("bthd,bshd->bhts", ours_q, ours_k.expand_as(ours_q)).double()
     ref_dots = torch.einsum("bthd,bshd->bhts", ref_q, ref_k.expand_as(ref_q))
     assert (dots - ref_dots).abs().max() < 1e-4

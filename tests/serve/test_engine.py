@@ -37,6 +37,16 @@ def test_cache_bytes_per_token_formula(lm):
     assert Engine(bf, lm.tokenizer, lm.backend, max_batch=1, max_context=8).cache_bytes_per_token == 240
 
 
+def test_engine_applies_the_targets_decode_kernels(lm):
+    model = copy.deepcopy(lm.model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    Engine(model, lm.tokenizer, lm.backend, max_batch=1, max_context=8)
+    assert lm.backend.inference_kernels() == {"weight_layout": "in_out", "experts_impl": "loop"}
+    assert model.args.weight_layout == "in_out" and model.args.experts_impl == "loop"
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert get_backend("sim:healthy").inference_kernels() == lm.backend.inference_kernels()
+
+
 @torch.no_grad()
 def test_cached_greedy_equals_full_recompute(lm):
     model = lm.model

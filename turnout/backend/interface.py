@@ -124,6 +124,11 @@ class Backend(ABC):
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=dtype)
 
+    def inference_kernels(self) -> dict[str, str]:
+        """Model kernel choices (ModelArgs fields, see model.KERNEL_FIELDS) that serve few-token decode steps best
+        here; the serving engine applies them with `Transformer.set_kernels`. Default: the training choices."""
+        return {}
+
     def set_step(self, step: int) -> None:
         """Tell the target which training step runs now (the emulated accelerator schedules faults by it)."""
 

@@ -103,6 +103,7 @@ def load_pretrained(path: str | os.PathLike, device="cpu", dtype: torch.dtype = 
     model.tie_weights()
     model.reset_expert_loads()
     model.load_state_dict(sd, strict=True)
+    model.lay_out_weights()  # meta construction skipped it
     return model
 
 

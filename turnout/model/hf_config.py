@@ -46,7 +46,8 @@ FIELD_MAP = (
     ("aux_loss_alpha", "aux_loss_alpha", 0.0),
 )
 # fields HF has no key for; they ride along under "turnout"
-TURNOUT_ONLY = ("mtp_loss_weight", "bias_update_speed", "ignore_index", "experts_impl", "attn_impl", "loss_impl")
+TURNOUT_ONLY = ("mtp_loss_weight", "bias_update_speed", "ignore_index", "experts_impl", "attn_impl", "loss_impl",
+                "weight_layout")
 # (HF key, the only value we implement); None in the file means "not set", which is fine
 REQUIRED = (
     ("hidden_act", "silu"),

@@ -45,15 +45,13 @@ class MLA(nn.Module):
         q = self.wq(x) if self.q_lora_rank is None else self.wq_b(self.q_norm(self.wq_a(x)))
         q = q.view(B, T, H, self.nope + self.rope)
         q_nope, q_pe = q.split([self.nope, self.rope], dim=-1)
-        q_pe = apply_rope(q_pe, cos, sin)
         c_kv, k_pe = self.wkv_a(x).split([self.kv_lora_rank, self.rope], dim=-1)
-        c_kv = self.kv_norm(c_kv)  # [B, T, kv_lora_rank]
-        k_pe = apply_rope(k_pe.unsqueeze(2), cos, sin).squeeze(2)  # [B, T, rope]
         if cache is not None:
-            c_kv, k_pe = cache.update(self.layer_id, c_kv, k_pe, step)  # [B, S, C], [B, S, rope]
-            o = self._absorbed(q_nope, q_pe, c_kv, k_pe, step.mask)
+            o = self._absorbed(q_nope, q_pe, c_kv, k_pe, cos, sin, cache, step)
         else:
-            o = self._expanded(q_nope, q_pe, c_kv, k_pe)
+            q_pe = apply_rope(q_pe, cos, sin)
+            k_pe = apply_rope(k_pe.unsqueeze(2), cos, sin).squeeze(2)  # [B, T, rope]
+            o = self._expanded(q_nope, q_pe, self.kv_norm(c_kv), k_pe)
         return self.wo(o.flatten(2))
 
     def _expanded(self, q_nope, q_pe, c_kv, k_pe) -> torch.Tensor:
@@ -78,13 +76,23 @@ class MLA(nn.Module):
             o = torch.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype) @ v
         return o.transpose(1, 2)  # [B, T, H, v]
 
-    def _absorbed(self, q_nope, q_pe, c_kv, k_pe, mask) -> torch.Tensor:
-        """Inference path on the latent cache: scores = (q_nope W_uk) . c_kv + q_pe . k_pe; out = (P c_kv) W_uv."""
-        H = self.n_heads
-        w = self.wkv_b.weight.view(H, self.nope + self.v_dim, self.kv_lora_rank)
-        q_lat = torch.einsum("bthd,hdc->bthc", q_nope, w[:, :self.nope])  # [B, T, H, C]
-        s = torch.einsum("bthc,bsc->bths", q_lat, c_kv) + torch.einsum("bthr,bsr->bths", q_pe, k_pe)
-        s = (s * self.scale).masked_fill(~mask.unsqueeze(2), float("-inf"))  # mask [B, T, 1, S]
-        p = torch.softmax(s, dim=-1, dtype=torch.float32).to(q_nope.dtype)
-        o_lat = torch.einsum("bths,bsc->bthc", p, c_kv)
-        return torch.einsum("bthc,hdc->bthd", o_lat, w[:, self.nope:])  # [B, T, H, v]
+    def _absorbed(self, q_nope, q_pe, c_kv, k_pe, cos, sin, cache: LatentCache, step: CacheStep) -> torch.Tensor:
+        """Inference path on the latent cache: scores = (q_nope W_uk) . c_kv + q_pe . k_pe; out = (P c_kv) W_uv.
+
+        Written for few tokens per call (decode): a handful of batched matmuls per layer, no per-head K/V.
+        """
+        B, T, H, _ = q_nope.shape
+        C, dtype = self.kv_lora_rank, q_nope.dtype
+        pe = apply_rope(torch.cat([q_pe, k_pe.unsqueeze(2)], dim=2), cos, sin)  # [B, T, H + 1, rope]: q and k at once
+        latent = torch.cat([self.kv_norm(c_kv), pe[:, :, H]], dim=-1)  # [B, T, C + rope]
+        keys = cache.update(self.layer_id, latent, step).to(dtype)  # [B, S, C + rope]
+        w = self.wkv_b.weight.view(H, self.nope + self.v_dim, C)
+        q_lat = torch.bmm(q_nope.reshape(B * T, H, self.nope).transpose(0, 1), w[:, :self.nope])  # [H, B*T, C]
+        q = torch.cat([q_lat.transpose(0, 1), pe[:, :, :H].reshape(B * T, H, self.rope)], dim=-1)  # [B*T, H, C+rope]
+        bias = step.bias.to(dtype)  # [B, T, S]: rows of query t repeat for each head
+        bias = bias.repeat_interleave(H, dim=1) if T > 1 else bias
+        s = torch.baddbmm(bias, q.view(B, T * H, C + self.rope), keys.transpose(1, 2), alpha=self.scale)
+        p = torch.softmax(s, dim=-1, dtype=torch.float32).to(dtype)  # [B, T*H, S]
+        o_lat = torch.bmm(p, keys[..., :C]).view(B * T, H, C)
+        o = torch.bmm(o_lat.transpose(0, 1), w[:, self.nope:].transpose(1, 2))  # [H, B*T, v]
+        return o.transpose(0, 1).reshape(B, T, H, self.v_dim)

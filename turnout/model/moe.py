@@ -83,21 +83,21 @@ class Experts(nn.Module):
         k = indices.shape[1]
         order = indices.flatten().argsort(stable=True)  # [N*k] (token, slot) pairs sorted by expert
         token = order // k
-        xs = x[token]  # [N*k, dim]
+        xs = x.index_select(0, token)  # [N*k, dim]; its backward is an index_add, not a sorting index_put
         if self.impl == "grouped":
             offs = counts.cumsum(0).to(torch.int32)  # end row of each expert's group
             h = torch._grouped_mm(xs, self.w13.transpose(1, 2), offs=offs)  # [N*k, 2*inter]
             g, u = h.chunk(2, dim=-1)
             o = torch._grouped_mm(F.silu(g) * u, self.w2.transpose(1, 2), offs=offs)  # [N*k, dim]
-        else:
+        else:  # one matmul pair per expert that got rows (reads one count list from the device)
             outs, start = [], 0
             for e, c in enumerate(counts.tolist()):
                 if c:
                     g, u = F.linear(xs[start:start + c], self.w13[e]).chunk(2, dim=-1)
                     outs.append(F.linear(F.silu(g) * u, self.w2[e]))
                     start += c
-            o = torch.cat(outs) if outs else xs[:0]
-        o = o * weights.flatten()[order].unsqueeze(-1).to(o.dtype)
+            o = torch.cat(outs) if len(outs) > 1 else outs[0] if outs else xs[:0]
+        o = o * weights.flatten().index_select(0, order).unsqueeze(-1).to(o.dtype)
         return torch.zeros_like(x).index_add_(0, token, o)
 
 

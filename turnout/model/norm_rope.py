@@ -70,7 +70,7 @@ def rope_inv_freq(args: ModelArgs) -> tuple[torch.Tensor, float]:
 
 
 class RotaryEmbedding:
-    """Maps positions to (cos, sin), each [..., rope/2].
+    """Maps positions to (cos, sin), each [..., rope]: cos repeated per pair, sin signed (-s, +s) per pair.
 
     Not a module and no buffer: inv_freq stays fp32 under `model.to(bf16)` and needs no re-init after meta-device
     construction. It lives on the CPU and is copied (rope/2 floats) to the positions' device once per forward.
@@ -78,21 +78,27 @@ class RotaryEmbedding:
 
     def __init__(self, args: ModelArgs):
         self.inv_freq, self.attention_factor = rope_inv_freq(args)
+        self._device_freq: torch.Tensor | None = None
 
     def __call__(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = positions.float().unsqueeze(-1) * self.inv_freq.to(positions.device)  # [..., T, rope/2] fp32
+        inv = self._device_freq
+        if inv is None or inv.device != positions.device:
+            inv = self._device_freq = self.inv_freq.to(positions.device)
+        freqs = positions.float().unsqueeze(-1) * inv  # [..., T, rope/2] fp32
         cos, sin = freqs.cos(), freqs.sin()
         if self.attention_factor != 1.0:
             cos, sin = cos * self.attention_factor, sin * self.attention_factor
+        cos = cos.repeat_interleave(2, dim=-1)  # [..., T, rope]: (c0, c0, c1, c1, ...)
+        sin = torch.stack([-sin, sin], dim=-1).flatten(-2)  # (-s0, s0, -s1, s1, ...)
         return cos.to(dtype), sin.to(dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs (x0,x1),(x2,x3),... of x [..., T, h, rope] by cos/sin [..., T, rope/2].
+    """Rotate adjacent pairs (x0,x1),(x2,x3),... of x [..., T, h, rope] by cos/sin [..., T, rope] (RotaryEmbedding's).
 
-    The result comes out in half-split order [rotated evens | rotated odds]; q and k get the same permutation,
-    so q.k equals DeepSeek's complex-multiply result on the released (interleaved) weights.
+    (x0, x1) -> (x0 c - x1 s, x1 c + x0 s): x * cos + pairswap(x) * sin, in the released weights' interleaved
+    layout, the same as DeepSeek's complex multiply.
     """
     cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0, x3, x2, ...)
+    return torch.addcmul(x * cos, swapped, sin)

@@ -5,16 +5,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from .args import ModelArgs
+from .args import KERNEL_FIELDS, ModelArgs
 from .block import Block
 from .cache import LatentCache
 from .loss import Head
+from .mla import MLA
 from .moe import Experts, Gate, MoE
 from .mtp import MTPLayer, mtp_inputs
 from .norm_rope import RMSNorm, RotaryEmbedding
@@ -50,6 +52,36 @@ class Transformer(nn.Module):
         self.rope = RotaryEmbedding(args)
         if not self.embed.weight.is_meta:
             self.init_weights()
+        self.lay_out_weights()
+
+    def set_kernels(self, **choices) -> Transformer:
+        """Switch kernel choices in place (experts_impl, attn_impl, loss_impl, weight_layout; see ModelArgs).
+        Values, shapes and parameter names stay the same; only how they are computed or stored changes."""
+        unknown = sorted(set(choices) - set(KERNEL_FIELDS))
+        if unknown:
+            raise ValueError(f"not kernel choices: {', '.join(unknown)} (those are {', '.join(KERNEL_FIELDS)})")
+        self.args = args = self.args.replace(**choices).check()
+        for m in self.modules():
+            if isinstance(m, Experts):
+                m.impl = args.experts_impl if hasattr(torch, "_grouped_mm") else "loop"
+            elif isinstance(m, MLA):
+                m.attn_impl = args.attn_impl
+            elif isinstance(m, Head):
+                m.impl = args.loss_impl
+        self.lay_out_weights()
+        return self
+
+    @torch.no_grad()
+    def lay_out_weights(self):
+        """Store every matmul weight as args.weight_layout says (the tensors' values and shapes do not change)."""
+        in_out = self.args.weight_layout == "in_out"
+        for m in self.modules():
+            names = ("weight",) if isinstance(m, nn.Linear) else ("w13", "w2") if isinstance(m, Experts) else ()
+            for name in names:
+                p = getattr(m, name)
+                if p.is_meta or p.dim() < 2:
+                    continue
+                p.data = p.data.mT.contiguous().mT if in_out else p.data.contiguous()
 
     def tie_weights(self):
         """Share embed.weight as head.weight when args.tie_embeddings (call again after `to_empty`)."""
@@ -75,12 +107,13 @@ class Transformer(nn.Module):
                 m.loads.zero_()
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None, *,
-                cache: LatentCache | None = None, start_pos: int | torch.Tensor = 0,
-                slots: torch.Tensor | None = None, return_logits: bool = False) -> torch.Tensor | ModelOutput:
+                cache: LatentCache | None = None, start_pos: int | Sequence[int] | torch.Tensor = 0,
+                slots: Sequence[int] | torch.Tensor | None = None, return_logits: bool = False) -> torch.Tensor | ModelOutput:
         """tokens [B, T] -> logits [B, T, vocab]; with targets [B, T] (ignore_index marks no-loss) -> ModelOutput.
 
         With `cache`, runs the absorbed attention path on the latent cache: the tokens of row b sit at positions
-        start_pos (+ t), where start_pos is an int or a LongTensor [B], and use cache row slots[b] (default b).
+        start_pos (+ t), where start_pos is an int or one position per row (a list of ints, or a LongTensor [B]),
+        and use cache row slots[b] (default b); lists of ints cost no device round trip.
         The cache path is for inference; it does not compute losses.
         """
         B, T = tokens.shape

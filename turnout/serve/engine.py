@@ -76,7 +76,8 @@ class Engine:
         args = model.args
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        self.model, self.tokenizer, self.backend = model.eval(), tokenizer, backend
+        # the target's decode kernels (e.g. input-major weights on CPU): same values, faster few-row matmuls
+        self.model, self.tokenizer, self.backend = model.eval().set_kernels(**backend.inference_kernels()), tokenizer, backend
         self.context = min(max_context or args.max_seq_len, args.max_seq_len)
         if self.context < 2:
             raise ValueError(f"max_context must be >= 2, got {self.context}")
@@ -281,9 +282,8 @@ class Engine:
 
     def _prefill(self, r: _Request) -> None:
         tokens = torch.tensor([r.prompt], device=self.device)
-        slots = torch.tensor([r.slot], device=self.device)
         try:
-            logits = self.model(tokens, cache=self.cache, start_pos=0, slots=slots)[:, -1].float()  # [1, V]
+            logits = self.model(tokens, cache=self.cache, start_pos=0, slots=[r.slot])[:, -1].float()  # [1, V]
             (tok,) = sample_rows(logits, [r.params], [r.generator])
         except Exception as e:  # noqa: BLE001 - a failing target fails this request, not the engine
             self._fail([r], e)
@@ -293,11 +293,10 @@ class Engine:
         self._accept(r, tok)
 
     def _decode(self) -> None:
-        rows = self._running
-        dev = self.device
-        tokens = torch.tensor([[r.last] for r in rows], device=dev)  # [B, 1]
-        starts = torch.tensor([r.pos for r in rows], device=dev)  # [B]: each row's own position
-        slots = torch.tensor([r.slot for r in rows], device=dev)  # [B]: each row's cache row
+        rows = sorted(self._running, key=lambda r: r.slot)  # slots 0..B-1 in order read the cache without a gather
+        tokens = torch.tensor([[r.last] for r in rows], device=self.device)  # [B, 1]
+        starts = [r.pos for r in rows]  # each row's own position (host ints: no device round trip)
+        slots = [r.slot for r in rows]  # each row's cache row
         try:
             logits = self.model(tokens, cache=self.cache, start_pos=starts, slots=slots)[:, -1].float()  # [B, V]
             chosen = sample_rows(logits, [r.params for r in rows], [r.generator for r in rows])
