@@ -113,3 +113,30 @@ def test_cache_bytes_per_token_and_limits():
         model(torch.zeros(1, 2, dtype=torch.long), start_pos=3)
     with pytest.raises(ValueError, match="max_seq_len"):
         LatentCache(args, 1, args.max_seq_len + 1)
+
+
+@torch.no_grad()
+def test_cached_mtp_draft_equals_the_training_path():
+    """Drafting: the MTP module on its cache layer, prefilled then fed one or two positions at a time, gives the
+    depth-1 logits of the full (training) forward: position i from h_i and the embedding of token i+1."""
+    model = _model(mtp_depth=1)
+    x = torch.randint(0, 512, (2, 20))
+    emb = model.embed(x)
+    cos, sin = model.rope(torch.arange(20), emb.dtype)
+    h = emb
+    for layer in model.layers:
+        h, _ = layer(h, cos, sin)
+    _, out, _ = model.mtp[0](model.norm(h), model.embed(x.roll(-1, dims=1)), cos, sin)
+    full = model.head(out)[:, :-1]  # [2, 19, V]: predicts token i + 2
+    cache = LatentCache(model.args, 2, 24, mtp_layers=1)
+    logits, hidden = model(x[:, :12], cache=cache, start_pos=0, return_hidden=True)
+    assert rel_err(logits, model(x[:, :12])) <= 1e-5 and hidden.shape == (2, 12, model.args.dim)
+    got = [model.draft(hidden, x[:, 1:13], cache=cache, start_pos=0)]
+    for t, n in ((12, 1), (13, 2), (15, 1), (16, 2)):  # the engine feeds one or two new positions per step
+        _, hidden = model(x[:, t:t + n], cache=cache, start_pos=[t, t], return_hidden=True)
+        got.append(model.draft(hidden, x[:, t + 1:t + 1 + n], cache=cache, start_pos=[t, t]))
+    assert rel_err(torch.cat(got, dim=1), full[:, :18]) <= 1e-5
+    with pytest.raises(ValueError, match="no MTP layer"):
+        model.draft(hidden, x[:, :1], cache=LatentCache(model.args, 2, 24), start_pos=0)
+    with pytest.raises(ValueError, match="mtp_layers"):
+        LatentCache(model.args, 1, 8, mtp_layers=2)

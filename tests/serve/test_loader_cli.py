@@ -9,7 +9,7 @@ import torch
 
 from turnout.backend import TargetError
 from turnout.ckpt import CheckpointError
-from turnout.model import save_pretrained
+from turnout.model import ModelArgs, Transformer, save_pretrained
 from turnout.serve import Engine, SamplingParams, load_for_serving, model_identity
 
 from .conftest import cli
@@ -65,6 +65,22 @@ def test_generate_streams_the_continuation(random_hf, capsys):
     assert "tok/s" in err and "480 B/token" in err
     assert cli(["generate", "--model", str(random_hf), "--target", "sim:healthy", "--prompt", "x", "--max-tokens",
                 "5", "--seed", "3", "--top-k", "20", "--top-p", "0.9", "--quiet"]) == 0
+
+
+def test_generate_speculative_gives_the_same_text(random_hf, tmp_path, capsys):
+    argv = ["generate", "--model", str(random_hf), "--target", "cpu", "--prompt", "ROMEO:", "--max-tokens", "12",
+            "--temperature", "0"]
+    assert cli(argv) == 0
+    plain = capsys.readouterr().out
+    assert cli(argv + ["--speculative"]) == 0
+    out, err = capsys.readouterr()
+    assert out == plain and "MTP drafts kept" in err and "640 B/token" in err  # the MTP layer's cache row too
+    no_mtp = tmp_path / "no-mtp"
+    save_pretrained(Transformer(ModelArgs.preset("debug", mtp_depth=0)), no_mtp)
+    shutil.copy(random_hf / "tokenizer.json", no_mtp)
+    assert cli(argv[:2] + [str(no_mtp)] + argv[3:] + ["--speculative"]) == 2
+    err = capsys.readouterr().err
+    assert "--speculative" in err and "no MTP module" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("argv, message", [

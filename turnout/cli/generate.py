@@ -22,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass; 1: off")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
     p.add_argument("--stop", action="append", default=[], metavar="STR", help="stop at this text (repeatable)")
+    p.add_argument("--speculative", action="store_true",
+                   help="draft one token ahead with the model's MTP module and verify it (same output, fewer steps)")
     p.add_argument("--max-context", type=int, default=None, help="context length (default: the model's)")
     p.add_argument("--quiet", action="store_true", help="print only the continuation, no prompt or summary")
 
@@ -35,7 +37,10 @@ def run(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigError(f"--{problems[0][0].replace('_', '-')}: {problems[0][1]}")
     lm = load_for_serving(args.model, args.target)
-    engine = Engine(lm.model, lm.tokenizer, lm.backend, max_batch=1, max_context=args.max_context)
+    if args.speculative and lm.model.args.mtp_depth < 1:
+        raise ConfigError(f"--speculative: {args.model} has no MTP module to draft with (mtp_depth=0)")
+    engine = Engine(lm.model, lm.tokenizer, lm.backend, max_batch=1, max_context=args.max_context,
+                    speculative=args.speculative)
     try:
         handle = engine.submit(args.prompt, params)
     except RequestError as e:
@@ -55,5 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"[{last.completion_tokens} tokens in {took:.2f} s ({last.completion_tokens / max(took, 1e-9):.1f} "
               f"tok/s) on {lm.backend.name}; finish: {last.finish_reason}; latent cache "
-              f"{engine.cache_bytes_per_token} B/token]", file=sys.stderr)
+              f"{engine.cache_bytes_per_token} B/token"
+              f"{f'; MTP drafts kept {engine.acceptance_rate:.0%}' if engine.acceptance_rate is not None else ''}]",
+              file=sys.stderr)
     return 0

@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--certificate", action="append", default=[], metavar="FILE",
                    help="a parity certificate to consider besides MODEL's parity-*.json (repeatable)")
     p.add_argument("--max-batch", type=int, default=16, help="requests decoded together (default 16)")
+    p.add_argument("--speculative", action="store_true",
+                   help="draft one token ahead with the model's MTP module and verify it (same output, fewer steps)")
     p.add_argument("--max-context", type=int, default=None,
                    help="context length in tokens (default: the model's, capped at 8192)")
     p.add_argument("--model-name", default=None, help="the model id clients send (default: the folder's name)")
@@ -54,8 +56,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"certificate: {cert}" if cert else f"certificate: not needed ({target} is the training target)")
     _check_bind(args.host, args.port)
     lm = load_for_serving(args.model, target, trained_on=trained_on)
+    if args.speculative and lm.model.args.mtp_depth < 1:
+        raise ConfigError(f"--speculative: {args.model} has no MTP module to draft with (mtp_depth=0)")
     context = args.max_context or min(lm.model.args.max_seq_len, 8192)
-    engine = Engine(lm.model, lm.tokenizer, lm.backend, max_batch=args.max_batch, max_context=context)
+    engine = Engine(lm.model, lm.tokenizer, lm.backend, max_batch=args.max_batch, max_context=context,
+                    speculative=args.speculative)
     name = args.model_name or lm.name
     key = args.api_key if args.api_key is not None else os.environ.get("TURNOUT_API_KEY") or None
     dtype = str(lm.dtype).removeprefix("torch.")
@@ -63,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: serving on {args.host} without an API key; anyone who can reach it can use it", flush=True)
     print(f"serving {name} on {lm.backend.name} ({dtype}) at http://{args.host}:{args.port}/v1 - context "
           f"{engine.context}, batch {engine.max_batch}, latent cache {engine.cache_bytes_per_token} B/token"
+          f"{', MTP speculative decoding' if engine.speculative else ''}"
           f"{', API key required' if key else ''}", flush=True)
     serve(engine, name, host=args.host, port=args.port, api_key=key, target=lm.backend.name, dtype=dtype,
           log_level=args.log_level)

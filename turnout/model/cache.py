@@ -43,19 +43,23 @@ class CacheStep:
 
 
 class LatentCache:
-    """Preallocated latent cache for the main decoder blocks (MTP blocks are not cached)."""
+    """Preallocated latent cache for the main decoder blocks, plus `mtp_layers` MTP blocks (speculative drafting)."""
 
-    def __init__(self, args: ModelArgs, max_batch: int, max_seq: int, *, device=None, dtype=torch.float32):
+    def __init__(self, args: ModelArgs, max_batch: int, max_seq: int, *, device=None, dtype=torch.float32,
+                 mtp_layers: int = 0):
         if max_seq > args.max_seq_len:
             raise ValueError(f"max_seq={max_seq} exceeds the model's max_seq_len={args.max_seq_len}")
-        self.max_batch, self.max_seq, self.n_layers = max_batch, max_seq, args.n_layers
+        if not 0 <= mtp_layers <= args.mtp_depth:
+            raise ValueError(f"mtp_layers={mtp_layers} must be in [0, mtp_depth={args.mtp_depth}]")
+        self.max_batch, self.max_seq, self.n_layers = max_batch, max_seq, args.n_layers + mtp_layers
         self.kv_lora_rank, self.rope_dim = args.kv_lora_rank, args.qk_rope_head_dim
-        self.kv = torch.zeros(args.n_layers, max_batch, max_seq, args.kv_lora_rank + args.qk_rope_head_dim,
+        self.kv = torch.zeros(self.n_layers, max_batch, max_seq, args.kv_lora_rank + args.qk_rope_head_dim,
                               device=device, dtype=dtype)
 
     @property
     def bytes_per_token(self) -> int:
-        """(kv_lora_rank + qk_rope_head_dim) x layers x dtype size: 70272 for V3 in bf16 (vs 4.6 MB for full K/V)."""
+        """(kv_lora_rank + qk_rope_head_dim) x cached layers x dtype size: 70272 for V3's 61 layers in bf16 (vs
+        4.6 MB for full K/V); an MTP layer kept for drafting adds one layer's worth."""
         return self.kv.shape[-1] * self.n_layers * self.kv.element_size()
 
     def reset(self):

@@ -14,6 +14,7 @@ from torch import nn
 
 from .args import ModelArgs
 from .block import Block
+from .cache import CacheStep, LatentCache
 from .norm_rope import RMSNorm
 
 
@@ -27,15 +28,17 @@ class MTPLayer(Block):
         self.eh_proj = nn.Linear(2 * args.dim, args.dim, bias=False)
         self.norm = RMSNorm(args.dim, args.norm_eps)  # HF shared_head.norm
 
-    def forward(self, h: torch.Tensor, emb: torch.Tensor, cos: torch.Tensor,
-                sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def forward(self, h: torch.Tensor, emb: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: LatentCache | None = None,
+                step: CacheStep | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """h [B, T, dim] previous depth, emb [B, T, dim] embeddings of the tokens k ahead
         -> (h^k for the next depth, norm(h^k) for the shared head, balance loss or None).
+        With a cache (one that has this layer), attention runs on the latent cache as in the main blocks.
 
         The head norm runs here, inside this module's forward, so FSDP has its weight gathered.
         """
         x = self.eh_proj(torch.cat([self.enorm(emb), self.hnorm(h)], dim=-1))
-        h, balance = super().forward(x, cos, sin)
+        h, balance = super().forward(x, cos, sin, cache, step)
         return h, self.norm(h), balance
 
 

@@ -108,13 +108,15 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None, *,
                 cache: LatentCache | None = None, start_pos: int | Sequence[int] | torch.Tensor = 0,
-                slots: Sequence[int] | torch.Tensor | None = None, return_logits: bool = False) -> torch.Tensor | ModelOutput:
+                slots: Sequence[int] | torch.Tensor | None = None, return_logits: bool = False,
+                return_hidden: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | ModelOutput:
         """tokens [B, T] -> logits [B, T, vocab]; with targets [B, T] (ignore_index marks no-loss) -> ModelOutput.
 
         With `cache`, runs the absorbed attention path on the latent cache: the tokens of row b sit at positions
         start_pos (+ t), where start_pos is an int or one position per row (a list of ints, or a LongTensor [B]),
         and use cache row slots[b] (default b); lists of ints cost no device round trip.
-        The cache path is for inference; it does not compute losses.
+        The cache path is for inference; it does not compute losses. `return_hidden` (without targets) also
+        returns the final-norm hidden states [B, T, dim], the MTP drafter's input (`draft`).
         """
         B, T = tokens.shape
         if cache is not None and targets is not None:
@@ -136,7 +138,7 @@ class Transformer(nn.Module):
                 balance.append(bal)
         h = self.norm(h)
         if targets is None:
-            return self.head(h)
+            return (self.head(h), h) if return_hidden else self.head(h)
 
         logits = self.head(h) if return_logits else None
         ce = self.head(h, targets)
@@ -152,6 +154,26 @@ class Transformer(nn.Module):
         balance = torch.stack(balance).sum() if balance else zero
         loss = ce + self.args.mtp_loss_weight * mtp + balance
         return ModelOutput(loss=loss, ce=ce, mtp=mtp, balance=balance, logits=logits)
+
+    def draft(self, hidden: torch.Tensor, next_tokens: torch.Tensor, *, cache: LatentCache,
+              start_pos: int | Sequence[int] | torch.Tensor = 0,
+              slots: Sequence[int] | torch.Tensor | None = None, last: torch.Tensor | None = None) -> torch.Tensor:
+        """Speculative drafting with the first MTP module on its own cache layer (a LatentCache made with
+        mtp_layers >= 1): hidden [B, T, dim] from `forward(..., return_hidden=True)` at positions start_pos (+ t)
+        and the tokens that followed them, next_tokens [B, T] -> logits [B, T, vocab] for one token further.
+        Positions must be fed in order, as for `forward`. `last` [B] (indices into T) keeps only those positions'
+        logits ([B, vocab]): the head, a vocab-wide matmul, then runs once per row."""
+        if not self.mtp:
+            raise ValueError("this model has no MTP module (mtp_depth=0) to draft with")
+        if cache.n_layers <= self.args.n_layers:
+            raise ValueError("the cache has no MTP layer; make it with LatentCache(..., mtp_layers=1)")
+        B, T = next_tokens.shape
+        step = cache.step(B, T, start_pos, slots)
+        cos, sin = self.rope(step.pos, hidden.dtype)
+        _, out, _ = self.mtp[0](hidden, self.embed(next_tokens), cos, sin, cache, step)
+        if last is not None:
+            out = out[torch.arange(B, device=out.device), last]  # [B, dim]
+        return self.head(out)
 
     # --- aux-loss-free load balancing -------------------------------------------------------------------------
     def moe_layers(self) -> list[MoE]:

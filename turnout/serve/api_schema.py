@@ -190,3 +190,5 @@ class Health(BaseModel):
     cancelled: int
     errors: int
     last_error: str | None = None
+    speculative: bool = False
+    acceptance_rate: float | None = None  # MTP drafts kept, when speculative

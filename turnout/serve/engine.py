@@ -12,7 +12,8 @@ One iteration (`step`): drop cancelled requests; admit waiting requests into fre
 alone (a [1, P] forward that writes its latent cache row and yields its first token); then one decode forward for
 every running row together ([B, 1] tokens, each row at its own position in its own cache row), sample, and retire
 finished rows. Requests therefore join and leave the running batch between decode steps, and a prefill never
-pads anybody's sequence. Sampling uses each request's own generator (sampling.py), so its tokens do not depend on
+pads anybody's sequence. With `speculative=True` (a model with an MTP module) each decode step verifies one
+MTP-drafted token per row and emits one or two tokens (speculative.py); the output is the same. Sampling uses each request's own generator (sampling.py), so its tokens do not depend on
 its batch neighbours beyond float rounding.
 """
 
@@ -33,6 +34,7 @@ import torch
 from turnout.backend import Backend
 from turnout.data import Tokenizer
 from turnout.model import LatentCache, Transformer
+from turnout.serve import speculative
 from turnout.serve.request import Completion, Event, RequestError, RequestHandle
 from turnout.serve.sampling import SamplingParams, make_generator, sample_rows
 from turnout.serve.stops import TextAssembler
@@ -48,6 +50,8 @@ class EngineStats:
     prefill_tokens: int = 0
     decode_tokens: int = 0
     decode_steps: int = 0
+    drafted: int = 0  # speculative decoding: drafts verified, and how many were kept
+    accepted: int = 0
     errors: int = 0
     busy_s: float = 0.0
     last_error: str | None = None
@@ -64,6 +68,7 @@ class _Request:
     slot: int = -1
     pos: int = 0  # tokens already in this request's cache row
     last: int = -1  # newest sampled token (fed at position `pos` by the next decode step)
+    draft: int = -1  # speculative decoding: the MTP module's guess for the token after `last`
     out: list[int] = field(default_factory=list)
     done: bool = False
 
@@ -72,13 +77,18 @@ class Engine:
     """Continuous-batching decoder for one model on one target (see the module docstring)."""
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, backend: Backend, *, max_batch: int = 16,
-                 max_context: int | None = None, default_max_tokens: int = 256):
+                 max_context: int | None = None, default_max_tokens: int = 256, speculative: bool = False):
         args = model.args
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if speculative and args.mtp_depth < 1:
+            raise ValueError("speculative decoding drafts with the model's MTP module; this model has none "
+                             "(mtp_depth=0)")
+        self.speculative = speculative
         # the target's decode kernels (e.g. input-major weights on CPU): same values, faster few-row matmuls
         self.model, self.tokenizer, self.backend = model.eval().set_kernels(**backend.inference_kernels()), tokenizer, backend
-        self.context = min(max_context or args.max_seq_len, args.max_seq_len)
+        # a verify step writes one position past the newest token, so speculation keeps one cache position spare
+        self.context = min(max_context or args.max_seq_len, args.max_seq_len - speculative)
         if self.context < 2:
             raise ValueError(f"max_context must be >= 2, got {self.context}")
         self.max_batch, self.default_max_tokens = max_batch, default_max_tokens
@@ -86,7 +96,8 @@ class Engine:
         self.device = backend.device()
         self.dtype = next(model.parameters()).dtype
         # [n_layers, max_batch, context, kv_lora_rank + rope]: the only per-token state decoding keeps
-        self.cache = LatentCache(args, max_batch, self.context, device=self.device, dtype=self.dtype)
+        self.cache = LatentCache(args, max_batch, self.context + speculative, device=self.device, dtype=self.dtype,
+                                 mtp_layers=int(speculative))
         self.eos_id = tokenizer.eos_id
         self.stats = EngineStats()
         self._free = list(range(max_batch - 1, -1, -1))  # cache rows not in use (pop() gives the lowest)
@@ -103,6 +114,11 @@ class Engine:
     def cache_bytes_per_token(self) -> int:
         """(kv_lora_rank + qk_rope_head_dim) x layers x dtype size."""
         return self.cache.bytes_per_token
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        """Fraction of MTP drafts the main model kept (None before any speculative step)."""
+        return self.stats.accepted / self.stats.drafted if self.stats.drafted else None
 
     @property
     def threaded(self) -> bool:
@@ -281,10 +297,13 @@ class Engine:
         return busy
 
     def _prefill(self, r: _Request) -> None:
-        tokens = torch.tensor([r.prompt], device=self.device)
         try:
-            logits = self.model(tokens, cache=self.cache, start_pos=0, slots=[r.slot])[:, -1].float()  # [1, V]
-            (tok,) = sample_rows(logits, [r.params], [r.generator])
+            if self.speculative:
+                tok, r.draft = speculative.prefill(self.model, self.cache, r.prompt, r.slot, r.params, r.generator)
+            else:
+                tokens = torch.tensor([r.prompt], device=self.device)
+                logits = self.model(tokens, cache=self.cache, start_pos=0, slots=[r.slot])[:, -1].float()  # [1, V]
+                (tok,) = sample_rows(logits, [r.params], [r.generator])
         except Exception as e:  # noqa: BLE001 - a failing target fails this request, not the engine
             self._fail([r], e)
             return
@@ -294,6 +313,8 @@ class Engine:
 
     def _decode(self) -> None:
         rows = sorted(self._running, key=lambda r: r.slot)  # slots 0..B-1 in order read the cache without a gather
+        if self.speculative:
+            return self._decode_speculative(rows)
         tokens = torch.tensor([[r.last] for r in rows], device=self.device)  # [B, 1]
         starts = [r.pos for r in rows]  # each row's own position (host ints: no device round trip)
         slots = [r.slot for r in rows]  # each row's cache row
@@ -308,6 +329,26 @@ class Engine:
         for r, tok in zip(rows, chosen):
             r.pos += 1
             self._accept(r, tok)
+
+    def _decode_speculative(self, rows: list[_Request]) -> None:
+        try:
+            emitted, drafts = speculative.step(self.model, self.cache, [r.last for r in rows], [r.draft for r in rows],
+                                               [r.pos for r in rows], [r.slot for r in rows],
+                                               [r.params for r in rows], [r.generator for r in rows])
+        except Exception as e:  # noqa: BLE001
+            self._fail(rows, e)
+            return
+        self.stats.decode_steps += 1
+        self.stats.drafted += len(rows)
+        for r, toks, d in zip(rows, emitted, drafts):
+            self.stats.accepted += len(toks) == 2
+            r.draft = d
+            for tok in toks:
+                r.pos += 1
+                self.stats.decode_tokens += 1
+                self._accept(r, tok)
+                if r.done:
+                    break
 
     def _accept(self, r: _Request, tok: int) -> None:
         """Record a sampled token; emit its text; finish the request when it is done."""

@@ -99,3 +99,35 @@ def sample_rows(logits: torch.Tensor, params: list[SamplingParams],
             probs = torch.softmax(filter_logits(logits[i].float(), p), dim=-1)
             out[i] = torch.multinomial(probs, 1, generator=generators[i])[0]
     return out.tolist()
+
+
+def verify_drafts(logits: torch.Tensor, drafts: list[int], params: list[SamplingParams],
+                  generators: list[torch.Generator | None]) -> list[list[int]]:
+    """Speculative decoding with one drafted token per row: logits [B, 2, V] of the verify step (position 0 scored
+    the draft, position 1 follows it) -> the tokens each row emits, one or two.
+
+    Greedy rows accept the draft when it is the argmax, then add the argmax after it. Sampled rows accept it with
+    probability p(draft) under the row's filtered distribution and otherwise draw from that distribution with the
+    draft removed, renormalised: the drafter is deterministic, so this is the standard acceptance rule, and every
+    emitted token has exactly the distribution plain sampling would give it.
+    """
+    if all(p.greedy for p in params):  # one host transfer for the batch
+        best = logits.argmax(-1).tolist()
+        return [[b0, b1] if b0 == d else [b0] for (b0, b1), d in zip(best, drafts)]
+    out = []
+    for i, (p, d) in enumerate(zip(params, drafts)):
+        if p.greedy:
+            b0, b1 = logits[i].argmax(-1).tolist()
+            out.append([b0, b1] if b0 == d else [b0])
+            continue
+        g = generators[i]
+        probs = torch.softmax(filter_logits(logits[i, 0].float(), p), dim=-1)
+        u = torch.rand((), generator=g, device=probs.device)
+        if bool(u < probs[d]):
+            nxt = torch.softmax(filter_logits(logits[i, 1].float(), p), dim=-1)
+            out.append([d, int(torch.multinomial(nxt, 1, generator=g)[0])])
+        else:
+            rest = probs.clone()
+            rest[d] = 0
+            out.append([int(torch.multinomial(rest, 1, generator=g)[0])])  # multinomial renormalises
+    return out

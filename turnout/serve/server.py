@@ -141,7 +141,8 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, t
         body = Health(status="ok" if ok else "error", model=model_name, target=target, dtype=dtype,
                       context=engine.context, max_batch=engine.max_batch,
                       cache_bytes_per_token=engine.cache_bytes_per_token, running=engine.pending,
-                      requests=s.requests, cancelled=s.cancelled, errors=s.errors, last_error=s.last_error)
+                      requests=s.requests, cancelled=s.cancelled, errors=s.errors, last_error=s.last_error,
+                      speculative=engine.speculative, acceptance_rate=engine.acceptance_rate)
         return AsciiJSON(body.model_dump(), status_code=200 if ok else 503)
 
     @app.get("/v1/models", response_model=ModelList, responses=errors)
