@@ -95,6 +95,8 @@ class HealthSection:
     verify_interval: int = _f(0, "re-execute every Nth step in place to catch silent corruption; 0 disables", lo=0)
     rerun_rtol: float = _f(1e-6, "relative difference above which two runs of one step on one target differ",
                            lo=0.0)
+    rerun_bitwise: bool = _f(True, "verification re-runs also compare the gradients bit for bit (a checksum); "
+                             "false for targets whose kernels are not deterministic")
     reference: str = _f("cpu", "target that re-executes a suspect step to arbitrate; empty disables")
     reference_rtol: float = _f(1e-3, "relative difference above which the target and the reference disagree", lo=0.0)
     skip_batches: int = _f(10, "after a rollback, data resumes this many global batches past the onset's batch",

@@ -142,6 +142,24 @@ def test_transient_sdc_found_by_verification_is_hardware_and_discarded(tmp_path,
     assert _losses(run) == clean  # the corrupted result was never applied: bit-exact with a clean run
 
 
+@pytest.mark.parametrize("bitwise", [True, False])
+def test_quiet_sdc_is_caught_by_the_gradient_checksum(tmp_path, clean, bitwise):
+    """A flip of mantissa bit 4 moves one matmul output by ~1e-6 of itself: loss and grad norms agree with the
+    re-run far inside rerun_rtol, only the bit-level gradient checksum differs."""
+    target = _profile(tmp_path, '[[fault]]\nkind = "sdc"\nops = ["mm"]\nat_steps = [30]\nbit = 4\n')
+    run = tmp_path / "run"
+    train(_cfg("health.verify_interval=10", f"health.rerun_bitwise={str(bitwise).lower()}"), target, run, log=None)
+    assert [(e["fault"], e["step"]) for e in _events(run, "injected")] == [("sdc", 30)]
+    sdc = _events(run, "sdc")
+    if bitwise:
+        assert len(sdc) == 1 and sdc[0]["step"] == 30 and sdc[0]["classification"] == "transient"
+        assert "bit-different gradients" in sdc[0]["detail"]
+        assert _losses(run) == clean
+    else:  # norms alone cannot see it: no fault is counted against the target (the clean re-run is applied anyway)
+        assert not sdc
+        assert _losses(run) == clean
+
+
 def test_persistent_sdc_is_classified_by_the_reference_and_its_result_applied(tmp_path, clean):
     # bit 30 turns a small activation into ~1e38: the step goes non-finite, and does so again when re-run
     target = _profile(tmp_path, '[[fault]]\nkind = "sdc"\nops = ["mm"]\nat_steps = [30]\nbit = 30\nrepeat = true\n')

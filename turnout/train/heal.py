@@ -132,19 +132,22 @@ class Healer:
     def verify(self, step: int, batches, rng, original: StepResult) -> StepResult:
         """Re-run a healthy step in place; on a mismatch keep whichever run the reference agrees with."""
         snap = GradSnapshot(self.runner)
+        bits = self.runner.grad_checksum() if self.h.rerun_bitwise else None
         again = self.reexec.in_place(step, batches, rng)
         diff = relative_difference(original, again)
-        if diff <= self.h.rerun_rtol:
+        bits_differ = bits is not None and self.runner.grad_checksum() != bits
+        if diff <= self.h.rerun_rtol and not bits_differ:
             return again
+        how = f"differs by {diff:.3g}" if diff > self.h.rerun_rtol else \
+            f"has bit-different gradients (loss and norms within {self.h.rerun_rtol:g})"
         ref = self.reexec.on_reference(batches, rng)
         d_orig, d_again = relative_difference(original, ref), relative_difference(again, ref)
-        self.events.emit("rerun", step, f"verification re-run differs by {diff:.3g}; vs {self.reexec.reference_spec}:"
+        self.events.emit("rerun", step, f"verification re-run {how}; vs {self.reexec.reference_spec}:"
                          f" first run {d_orig:.3g}, re-run {d_again:.3g}", where="verify", difference=diff,
-                         first_vs_reference=d_orig, rerun_vs_reference=d_again)
+                         first_vs_reference=d_orig, rerun_vs_reference=d_again, bits_differ=bits_differ)
         if d_again <= self.h.reference_rtol and d_again <= d_orig:
             self._hardware(step, "transient", f"verification: the first run of step {step} was corrupted "
-                           f"(differs from the re-run by {diff:.3g}; the re-run matches the reference)",
-                           difference=diff)
+                           f"(the re-run {how}; the re-run matches the reference)", difference=diff)
             self.events.emit("rerun", step, "kept the re-run (it matches the reference)", where="verify")
             return again
         if d_orig <= self.h.reference_rtol:

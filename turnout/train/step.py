@@ -57,6 +57,9 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
+_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
 class StepRunner:
     """Runs compute/apply for a (possibly wrapped) model on one backend."""
 
@@ -111,6 +114,20 @@ class StepRunner:
             sq = sq.to(self.backend.device())
             dist.all_reduce(sq, op=dist.ReduceOp.SUM)
         return {name: math.sqrt(v) if v >= 0 else float("nan") for (name, _), v in zip(self.groups, sq.cpu().tolist())}
+
+    def grad_checksum(self) -> int:
+        """A bit-level fingerprint of the current gradients: the sum of their bit patterns read as integers (over
+        ranks). A flipped bit anywhere changes it; losses and norms can hide a flip in a low mantissa bit."""
+        total = torch.zeros((), dtype=torch.int64, device=self.backend.device())
+        with self.backend.compute():
+            for _, params in self.groups:
+                for p in params:
+                    if p.grad is not None:
+                        g = _local(p.grad).detach().contiguous()
+                        total += g.view(_INT_OF_SIZE[g.element_size()]).sum(dtype=torch.int64)
+        if self.world > 1:
+            dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return int(total)
 
     def apply(self, result: StepResult, lr: float) -> torch.Tensor:
         """Clip to grad_clip, step AdamW at `lr`, update router biases from the global expert loads; returns them."""
