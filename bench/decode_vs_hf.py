@@ -1,15 +1,19 @@
 """turnout's serving engine against transformers' `generate` on the same weights: greedy decode speed and cache size.
 
     python bench/decode_vs_hf.py [--preset tiny] [--batches 1,8] [--prompt-len 32] [--new-tokens 64] [--repeats 3]
+                                 [--breakdown]
 
 One random model (seeded, mtp off) is saved with turnout's `save_pretrained` and loaded by both sides. turnout runs
-its Engine (continuous batching, absorbed MLA on the latent cache, per-token detokenisation included) driven in
-this thread; HF runs `DeepseekV3ForCausalLM.generate(do_sample=False)` with each CPU-worthy experts implementation
+its Engine (continuous batching, absorbed MLA on the latent cache, the target's decode kernels from
+`Backend.inference_kernels`, per-token detokenisation included) driven in this thread; HF runs `DeepseekV3ForCausalLM.generate(do_sample=False)` with each CPU-worthy experts implementation
 ("grouped_mm" and "eager"; "batched_mm" is ~35x slower on CPU) and the faster one is compared. Both get the same
 random prompts ([batch, prompt_len] ids) and must produce exactly new_tokens tokens (eos ignored / suppressed).
 
 Decode tokens/s = batch x (N - 1) / (t(N) - t(1)): the time of N new tokens minus the time of 1 (prefill and the
 first token), so prompt processing cancels out. Each measurement is the median of --repeats interleaved runs.
+`--breakdown` profiles one of turnout's decode steps per batch size (torch.profiler, operator self time) and
+prints the share spent in matrix products (mm, bmm, baddbmm, addmm): the part that moves weights, which no
+framework overhead saving can remove.
 Cache bytes per token: turnout's latent cache formula; HF's from the tensors its cache holds after generate
 (transformers 5.x caches DeepseekV3's latent too); and what an expanded per-head K/V cache would need.
 """
@@ -67,6 +71,30 @@ def hf_cache_bytes_per_token(model, prompts: torch.Tensor) -> float:
     return total / (B * T)
 
 
+MATMULS = ("aten::mm", "aten::bmm", "aten::baddbmm", "aten::addmm", "aten::_grouped_mm")
+
+
+def matmul_share(engine, args, batch: int, prompt_len: int, steps: int = 20) -> tuple[float, float]:
+    """(fraction of operator self time in matrix products, profiled ms per step) over `steps` decode steps of the
+    engine's model at `batch` rows."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model, cache = engine.model, engine.cache
+    rows, pos = list(range(batch)), [prompt_len] * batch
+    x = torch.randint(3, args.vocab_size, (batch, 1))
+    with torch.inference_mode():
+        model(torch.randint(3, args.vocab_size, (batch, prompt_len)), cache=cache, start_pos=0, slots=rows)
+        for _ in range(3):
+            model(x, cache=cache, start_pos=pos, slots=rows)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                model(x, cache=cache, start_pos=pos, slots=rows)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    mm = sum(e.self_cpu_time_total for e in events if e.key in MATMULS)
+    return mm / max(total, 1), total / steps / 1e3
+
+
 def timed(fn, *args) -> float:
     t = time.perf_counter()
     fn(*args)
@@ -82,6 +110,7 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--hf-impls", default="grouped_mm,eager")
+    p.add_argument("--breakdown", action="store_true", help="profile turnout's decode step: matmul share")
     opts = p.parse_args()
     if opts.threads:
         torch.set_num_threads(opts.threads)
@@ -132,6 +161,11 @@ def main():
         best = max((results[B, k][0], k) for k in runners if k != "turnout")
         print(f"batch {B}: turnout decodes {results[B, 'turnout'][0] / best[0]:.2f}x as fast as the best HF "
               f"({best[1]}); end to end {results[B, 'turnout'][1] / results[B, best[1]][1]:.2f}x")
+    if opts.breakdown:
+        for B in batches:
+            share, per_step = matmul_share(engine, args, B, opts.prompt_len)
+            print(f"batch {B}: turnout's decode step (profiled: {per_step:.2f} ms) spends {share:.0%} of operator "
+                  f"time in matrix products")
     prompts = torch.randint(3, args.vocab_size, (1, opts.prompt_len))
     hf_bpt = hf_cache_bytes_per_token(next(iter(hf.values())), prompts)
     a = args

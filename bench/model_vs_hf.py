@@ -1,7 +1,7 @@
 """turnout's model against transformers' DeepseekV3ForCausalLM on the same weights: forward and train-step speed.
 
     python bench/model_vs_hf.py [--preset tiny] [--batch 8] [--seq 256] [--iters 10] [--warmup 3] [--threads N]
-                                [--tune-malloc] [--wait-quiet SECONDS] [--clock wall|cpu]
+                                [--tune-malloc] [--wait-quiet SECONDS] [--clock wall|cpu] [--breakdown]
 
 Both models get identical weights (turnout saves, HF loads). HF runs each of its CPU-worthy experts implementations
 ("grouped_mm", its default, and "eager"; "batched_mm" is ~35x slower on CPU and skipped) and the best one is compared.
@@ -10,6 +10,8 @@ medians (as asked) and minima (robust to a busy machine) are reported. The optim
 has it) for both. `--clock cpu` times with process CPU time instead of wall time: with `--threads 1` that is what a
 quiet core would take, which keeps comparisons meaningful on a shared machine. Achieved FLOP/s uses turnout.model.flops.flops_per_token (6 x active matmul weights plus causal
 attention) against the measured fp32 matmul peak (median of 2048^2 matmuls) in the same process.
+`--breakdown` profiles three of turnout's train steps (torch.profiler, operator self time) and prints the shares of
+matrix products, fused attention and everything else.
 """
 
 from __future__ import annotations
@@ -76,6 +78,23 @@ def make_steps(model, kind: str, x, y, train: bool):
     return step
 
 
+MATMULS = ("aten::mm", "aten::bmm", "aten::baddbmm", "aten::addmm", "aten::addmm_", "aten::_grouped_mm")
+
+
+def breakdown(step, n: int = 3) -> dict[str, float]:
+    """Shares of operator self time in one train step: matrix products, fused attention (fwd + bwd), the rest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(n):
+            step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    mm = sum(e.self_cpu_time_total for e in events if e.key in MATMULS)
+    attn = sum(e.self_cpu_time_total for e in events if "scaled_dot_product" in e.key)
+    return {"matrix products": mm / total, "fused attention": attn / total, "other": 1 - (mm + attn) / total}
+
+
 def cpu_busy(seconds: float = 2.0) -> float:
     """Fraction of all CPUs busy over `seconds` (from /proc/stat); 0.0 where it cannot be read."""
     def sample():
@@ -137,6 +156,7 @@ def main():
     p.add_argument("--tune-malloc", action="store_true", help="glibc mallopt for both models (fewer page faults)")
     p.add_argument("--wait-quiet", type=float, default=0, help="wait up to this many seconds for idle CPUs")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: process time (use with --threads 1)")
+    p.add_argument("--breakdown", action="store_true", help="profile turnout's train step: where the time goes")
     opts = p.parse_args()
     global CLOCK
     CLOCK = time.process_time if opts.clock == "cpu" else time.perf_counter
@@ -186,6 +206,9 @@ def main():
         print(f"turnout vs best HF: forward {best_fwd[0] / fwd['turnout']:.2f}x ({best_fwd[1]}), "
               f"train step {best_train[0] / train['turnout']:.2f}x ({best_train[1]}); turnout train step at "
               f"{fpt * n_tok / train['turnout'] / 1e9 / peak * 100:.0f}% of the fp32 matmul peak")
+    if opts.breakdown:
+        shares = breakdown(make_steps(ours, "turnout", x, y, train=True))
+        print("\nturnout train step, share of operator time: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
     if opts.wait_quiet:
         print(f"CPU busy (other processes) right after: {100 * cpu_busy():.0f}%")
 

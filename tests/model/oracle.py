@@ -49,3 +49,15 @@ def hf_model(args: ModelArgs):
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     assert torch.isfinite(out).all() and torch.isfinite(ref).all()
     return ((out.double() - ref.double()).abs().max() / ref.double().abs().max()).item()
+
+
+def mtp_logits(model, x: torch.Tensor) -> torch.Tensor:
+    """Depth-1 MTP logits [B, T, V] of the training path, written out: position i from the main model's final-norm
+    h_i and the embedding of token i + 1 (the last position wraps around and is meaningless)."""
+    emb = model.embed(x)
+    cos, sin = model.rope(torch.arange(x.shape[1]), emb.dtype)
+    h = emb
+    for layer in model.layers:
+        h, _ = layer(h, cos, sin)
+    _, out, _ = model.mtp[0](model.norm(h), model.embed(x.roll(-1, dims=1)), cos, sin)
+    return model.head(out)

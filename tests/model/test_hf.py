@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from turnout.model import (CheckpointError, ModelArgs, Transformer, from_hf_state_dict, load_pretrained,
                            save_pretrained, to_hf_state_dict)
 
-from .oracle import hf_model, randomize_, rel_err, small_args
+from .oracle import hf_model, mtp_logits, randomize_, rel_err, small_args
 
 transformers = pytest.importorskip("transformers")
 
@@ -254,11 +254,5 @@ def test_mtp_matches_hf_mtp_layer_at_v3_depth(tmp_path):
         h = hf.model(x).last_hidden_state
         hf_logits = mtp._project_to_logits(mtp.forward_layer(0, h[:, :-1], torch.arange(1, 20)[None], None,
                                                              input_ids=x[:, 1:]))
-        emb = model.embed(x)
-        cos, sin = model.rope(torch.arange(20), emb.dtype)
-        hh = emb
-        for layer in model.layers:
-            hh, _ = layer(hh, cos, sin)
-        _, out, _ = model.mtp[0](model.norm(hh), model.embed(x.roll(-1, dims=1)), cos, sin)
-        ours = model.head(out)[:, :-1]
+        ours = mtp_logits(model, x)[:, :-1]
         assert rel_err(ours, hf_logits) <= 2e-5

@@ -5,7 +5,7 @@ import torch
 
 from turnout.model import LatentCache, ModelArgs, Transformer
 
-from .oracle import randomize_, rel_err, small_args
+from .oracle import mtp_logits, randomize_, rel_err, small_args
 
 CASES = {"base": dict(), "no_qlora_yarn": dict(q_lora_rank=None, rope_type="yarn", rope_factor=4.0,
                                                original_seq_len=16, mscale=1.0, mscale_all_dim=1.0)}
@@ -121,13 +121,7 @@ def test_cached_mtp_draft_equals_the_training_path():
     depth-1 logits of the full (training) forward: position i from h_i and the embedding of token i+1."""
     model = _model(mtp_depth=1)
     x = torch.randint(0, 512, (2, 20))
-    emb = model.embed(x)
-    cos, sin = model.rope(torch.arange(20), emb.dtype)
-    h = emb
-    for layer in model.layers:
-        h, _ = layer(h, cos, sin)
-    _, out, _ = model.mtp[0](model.norm(h), model.embed(x.roll(-1, dims=1)), cos, sin)
-    full = model.head(out)[:, :-1]  # [2, 19, V]: predicts token i + 2
+    full = mtp_logits(model, x)[:, :-1]  # [2, 19, V]: predicts token i + 2
     cache = LatentCache(model.args, 2, 24, mtp_layers=1)
     logits, hidden = model(x[:, :12], cache=cache, start_pos=0, return_hidden=True)
     assert rel_err(logits, model(x[:, :12])) <= 1e-5 and hidden.shape == (2, 12, model.args.dim)
