@@ -2,9 +2,12 @@
 
     python bench/model_vs_hf.py [--preset tiny] [--batch 8] [--seq 256] [--iters 10] [--warmup 3] [--threads N]
                                 [--tune-malloc] [--wait-quiet SECONDS] [--clock wall|cpu] [--breakdown]
+                                [--attn-impls sdpa,blocked] [--hf-impls grouped_mm,eager]
 
 Both models get identical weights (turnout saves, HF loads). HF runs each of its CPU-worthy experts implementations
-("grouped_mm", its default, and "eager"; "batched_mm" is ~35x slower on CPU and skipped) and the best one is compared.
+("grouped_mm", its default, and "eager"; "batched_mm" is ~35x slower on CPU and skipped) and turnout each of the
+attention kernels named (ModelArgs.attn_impl: "sdpa", its default, and "blocked"); the best of each side is
+compared.
 Measurements are interleaved (turnout, then each HF variant, per iteration) so machine-load drift hits all alike;
 medians (as asked) and minima (robust to a busy machine) are reported. The optimiser is AdamW (fused where torch
 has it) for both. `--clock cpu` times with process CPU time instead of wall time: with `--threads 1` that is what a
@@ -17,6 +20,7 @@ matrix products, fused attention and everything else.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import tempfile
@@ -92,7 +96,7 @@ def breakdown(step, n: int = 3) -> dict[str, float]:
     total = sum(e.self_cpu_time_total for e in events)
     mm = sum(e.self_cpu_time_total for e in events if e.key in MATMULS)
     attn = sum(e.self_cpu_time_total for e in events if "scaled_dot_product" in e.key)
-    return {"matrix products": mm / total, "fused attention": attn / total, "other": 1 - (mm + attn) / total}
+    return {"matrix products": mm / total, "fused SDPA attention": attn / total, "other": 1 - (mm + attn) / total}
 
 
 def cpu_busy(seconds: float = 2.0) -> float:
@@ -153,6 +157,7 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--hf-impls", default="grouped_mm,eager")
+    p.add_argument("--attn-impls", default="sdpa,blocked", help="turnout attention kernels to run")
     p.add_argument("--tune-malloc", action="store_true", help="glibc mallopt for both models (fewer page faults)")
     p.add_argument("--wait-quiet", type=float, default=0, help="wait up to this many seconds for idle CPUs")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: process time (use with --threads 1)")
@@ -172,7 +177,8 @@ def main():
     ours = Transformer(args)
     tokens = torch.randint(0, args.vocab_size, (opts.batch, opts.seq + 1))
     x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
-    models = {"turnout": ours}
+    models = {f"turnout/{impl}": copy.deepcopy(ours).set_kernels(attn_impl=impl)
+              for impl in opts.attn_impls.split(",")}
     with tempfile.TemporaryDirectory() as d:
         save_pretrained(ours, d)
         for impl in opts.hf_impls.split(","):
@@ -201,14 +207,18 @@ def main():
             gf = fpt * n_tok / train[k] / 1e9
             print(f"{k:16s} {n_tok / fwd[k]:10.0f} {n_tok / train[k]:12.0f} {train[k] * 1e3:9.1f} {gf:8.1f} "
                   f"{100 * gf / peak:6.1f}%")
-        best_fwd = min((v, k) for k, v in fwd.items() if k != "turnout")
-        best_train = min((v, k) for k, v in train.items() if k != "turnout")
-        print(f"turnout vs best HF: forward {best_fwd[0] / fwd['turnout']:.2f}x ({best_fwd[1]}), "
-              f"train step {best_train[0] / train['turnout']:.2f}x ({best_train[1]}); turnout train step at "
-              f"{fpt * n_tok / train['turnout'] / 1e9 / peak * 100:.0f}% of the fp32 matmul peak")
+        hf_fwd = min((v, k) for k, v in fwd.items() if k.startswith("hf/"))
+        hf_train = min((v, k) for k, v in train.items() if k.startswith("hf/"))
+        our_fwd = min((v, k) for k, v in fwd.items() if k.startswith("turnout/"))
+        our_train = min((v, k) for k, v in train.items() if k.startswith("turnout/"))
+        print(f"best turnout vs best HF: forward {hf_fwd[0] / our_fwd[0]:.2f}x ({our_fwd[1]} vs {hf_fwd[1]}), "
+              f"train step {hf_train[0] / our_train[0]:.2f}x ({our_train[1]} vs {hf_train[1]}); turnout train step "
+              f"at {fpt * n_tok / our_train[0] / 1e9 / peak * 100:.0f}% of the fp32 matmul peak")
     if opts.breakdown:
-        shares = breakdown(make_steps(ours, "turnout", x, y, train=True))
-        print("\nturnout train step, share of operator time: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
+        for k, m in models.items():
+            if k.startswith("turnout/"):
+                shares = breakdown(make_steps(m, "turnout", x, y, train=True))
+                print(f"{k} train step, share of operator time: " + ", ".join(f"{n} {v:.0%}" for n, v in shares.items()))
     if opts.wait_quiet:
         print(f"CPU busy (other processes) right after: {100 * cpu_busy():.0f}%")
 

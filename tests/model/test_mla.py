@@ -36,6 +36,24 @@ def test_eager_attention_equals_sdpa():
     assert rel_err(model(tokens), ref) <= 1e-5
 
 
+@pytest.mark.parametrize("T", [32, 18, 5])  # 4 query blocks; 18 and 5 do not split into 4: one block
+def test_blocked_attention_equals_sdpa_with_gradients(T, monkeypatch):
+    torch.manual_seed(3)
+    ref, alt = _model(), _model()
+    alt.set_kernels(attn_impl="blocked")
+    x, y = torch.randint(0, 512, (2, T)), torch.randint(0, 512, (2, T))
+    out_ref, out_alt = ref(x, targets=y), alt(x, targets=y)
+    torch.testing.assert_close(out_alt.loss, out_ref.loss, rtol=1e-5, atol=1e-6)
+    out_ref.loss.backward()
+    out_alt.loss.backward()
+    for (name, p), q in zip(ref.named_parameters(), alt.parameters()):
+        if p.grad is not None:
+            assert rel_err(q.grad, p.grad) <= 1e-5, name
+    monkeypatch.setattr("turnout.model.mla.MAX_LEN", T - 1)  # longer than MAX_LEN: SDPA, same numbers
+    with torch.no_grad():
+        assert rel_err(alt(x), ref(x)) <= 1e-6
+
+
 @pytest.mark.parametrize("case", CASES)
 @torch.no_grad()
 def test_incremental_decoding_equals_full_forward(case):

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 
 EXPERTS_IMPLS = ("grouped", "loop")
-ATTN_IMPLS = ("sdpa", "eager")
+ATTN_IMPLS = ("sdpa", "eager", "blocked")
 LOSS_IMPLS = ("fused", "plain")
 ROPE_TYPES = ("default", "yarn")
 WEIGHT_LAYOUTS = ("out_in", "in_out")
@@ -70,7 +70,9 @@ class ModelArgs:
     ignore_index: int = -100  # target value that carries no loss
     # kernel choices
     experts_impl: str = "grouped"  # "grouped": torch._grouped_mm over expert-sorted tokens; "loop": loop over experts
-    attn_impl: str = "sdpa"  # training path: "sdpa" (F.scaled_dot_product_attention) | "eager" (explicit softmax)
+    # training path: "sdpa" (F.scaled_dot_product_attention) | "eager" (explicit softmax) | "blocked" (causal query
+    # blocks with written-out backward, attention.py: fastest on CPU for short sequences)
+    attn_impl: str = "sdpa"
     loss_impl: str = "fused"  # "fused": head matmul + cross-entropy in row chunks, no logits tensor | "plain"
     # storage of matmul weights: "out_in" row-major [out, in] (nn.Linear's) | "in_out": the same [out, in] tensors
     # stored input-major, which CPU BLAS reads 3-4x faster for few-row (decode) matmuls

@@ -19,21 +19,31 @@ def cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, 
     if impl == "fused" and torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
         return _FusedLinearCrossEntropy.apply(h, weight, targets, n, ignore_index, chunk)
     if impl == "fused":  # no gradients wanted: just chunk the logits
-        total = sum(_chunk_loss(h[s:s + chunk], weight, targets[s:s + chunk], ignore_index)[0]
+        total = sum(_chunk(h[s:s + chunk], weight, targets[s:s + chunk], ignore_index, n, grad=False)[0]
                     for s in range(0, h.shape[0], chunk))
         return total / n
     logits = F.linear(h, weight).float()
     return F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum") / n
 
 
-def _chunk_loss(h, weight, targets, ignore_index):
-    """(summed loss, fp32 logits - logsumexp, valid mask, clamped targets) of one chunk."""
+def _chunk(h, weight, targets, ignore_index, n, grad: bool):
+    """(summed loss, and with grad the loss gradient of the logits (softmax - onehot) * valid / n) of one chunk.
+
+    One logits buffer [C, vocab] is worked in place: max, exp(x - max), its sum, then scaled into the gradient."""
     logits = F.linear(h, weight).float()  # [C, vocab]
-    lse = torch.logsumexp(logits, dim=-1)
     valid = targets != ignore_index
     tgt = targets.clamp(min=0)
-    picked = logits.gather(1, tgt.unsqueeze(1)).squeeze(1)
-    return ((lse - picked) * valid).sum(), logits.sub_(lse.unsqueeze(1)), valid, tgt
+    picked = logits.gather(1, tgt.unsqueeze(1))  # [C, 1]
+    top = logits.amax(dim=-1, keepdim=True)
+    e = logits.sub_(top).exp_()  # exp(x - max)
+    total = e.sum(dim=-1, keepdim=True)
+    loss = ((top + total.log() - picked).squeeze(1) * valid).sum()  # logsumexp - picked
+    if not grad:
+        return loss, None
+    w = valid.unsqueeze(1) / (n * total)  # [C, 1]
+    g = e.mul_(w)  # softmax * valid / n
+    g[torch.arange(len(tgt), device=g.device), tgt] -= w.squeeze(1) * total.squeeze(1)
+    return loss, g
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
@@ -42,15 +52,11 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.empty_like(h) if h.requires_grad else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if weight.requires_grad else None
         total = torch.zeros((), dtype=torch.float32, device=h.device)
-        rows = torch.arange(min(chunk, h.shape[0]), device=h.device)
         for s in range(0, h.shape[0], chunk):
             hs = h[s:s + chunk]
-            loss, log_p, valid, tgt = _chunk_loss(hs, weight, targets[s:s + chunk], ignore_index)
+            # d(sum of losses)/d(logits) = softmax - onehot(target), zero on ignored rows; / n for the mean
+            loss, g = _chunk(hs, weight, targets[s:s + chunk], ignore_index, n, grad=True)
             total += loss
-            # d(sum of losses)/d(logits) = softmax - onehot(target), zero on ignored rows; then / n for the mean
-            g = log_p.exp_()
-            g[rows[: len(tgt)], tgt] -= 1
-            g.mul_((valid / n).unsqueeze(1))
             g = g.to(h.dtype)
             if grad_h is not None:
                 grad_h[s:s + chunk] = g @ weight

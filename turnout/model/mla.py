@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .args import ModelArgs
+from .attention import MAX_LEN, block_causal_attention
 from .cache import CacheStep, LatentCache
 from .norm_rope import RMSNorm, apply_rope, softmax_scale
 
@@ -59,10 +60,13 @@ class MLA(nn.Module):
         B, T, H, _ = q_nope.shape
         kv = self.wkv_b(c_kv).view(B, T, H, self.nope + self.v_dim)
         k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)
-        q = torch.cat([q_nope, q_pe], dim=-1).transpose(1, 2)  # [B, H, T, qk]
-        k = torch.cat([k_nope, k_pe.unsqueeze(2).expand(B, T, H, self.rope)], dim=-1).transpose(1, 2)
+        # concatenating the head-major views writes q and k contiguous as [B, H, T, qk]: no copy later
+        q = torch.cat([q_nope.transpose(1, 2), q_pe.transpose(1, 2)], dim=-1)
+        k = torch.cat([k_nope.transpose(1, 2), k_pe.unsqueeze(1).expand(B, H, T, self.rope)], dim=-1)
         v = v.transpose(1, 2)  # [B, H, T, v]
-        if self.attn_impl == "sdpa":
+        if self.attn_impl == "blocked" and T <= MAX_LEN:
+            o = block_causal_attention(q, k, v, self.scale)
+        elif self.attn_impl in ("sdpa", "blocked"):
             # v is zero-padded to the qk head dim (32 -> 48 in tiny, 128 -> 192 in V3): fused flash kernels
             # (CPU's, FA2) need equal head dims, and without them SDPA falls back to the full-T^2 math path
             pad = self.nope + self.rope - self.v_dim
