@@ -5,8 +5,9 @@
 
 One random model (seeded, mtp off) is saved with turnout's `save_pretrained` and loaded by both sides. turnout runs
 its Engine (continuous batching, absorbed MLA on the latent cache, the target's decode kernels from
-`Backend.inference_kernels`, per-token detokenisation included) driven in this thread; HF runs `DeepseekV3ForCausalLM.generate(do_sample=False)` with each CPU-worthy experts implementation
-("grouped_mm" and "eager"; "batched_mm" is ~35x slower on CPU) and the faster one is compared. Both get the same
+`Backend.inference_kernels`, per-token detokenisation included) driven in this thread; HF runs
+`DeepseekV3ForCausalLM.generate(do_sample=False)` with each CPU-worthy experts implementation ("grouped_mm" and
+"eager"; "batched_mm" is ~35x slower on CPU) and the faster one is compared. Both get the same
 random prompts ([batch, prompt_len] ids) and must produce exactly new_tokens tokens (eos ignored / suppressed).
 
 Decode tokens/s = batch x (N - 1) / (t(N) - t(1)): the time of N new tokens minus the time of 1 (prefill and the

@@ -11,8 +11,8 @@ compared.
 Measurements are interleaved (turnout, then each HF variant, per iteration) so machine-load drift hits all alike;
 medians (as asked) and minima (robust to a busy machine) are reported. The optimiser is AdamW (fused where torch
 has it) for both. `--clock cpu` times with process CPU time instead of wall time: with `--threads 1` that is what a
-quiet core would take, which keeps comparisons meaningful on a shared machine. Achieved FLOP/s uses turnout.model.flops.flops_per_token (6 x active matmul weights plus causal
-attention) against the measured fp32 matmul peak (median of 2048^2 matmuls) in the same process.
+quiet core would take, which keeps comparisons meaningful on a shared machine. Achieved FLOP/s uses
+turnout.model.flops.flops_per_token (6 x active matmul weights plus causal attention) against the measured fp32 matmul peak (median of 2048^2 matmuls) in the same process.
 `--breakdown` profiles three of turnout's train steps (torch.profiler, operator self time) and prints the shares of
 matrix products, fused attention and everything else.
 """
@@ -218,7 +218,8 @@ def main():
         for k, m in models.items():
             if k.startswith("turnout/"):
                 shares = breakdown(make_steps(m, "turnout", x, y, train=True))
-                print(f"{k} train step, share of operator time: " + ", ".join(f"{n} {v:.0%}" for n, v in shares.items()))
+                print(f"{k} train step, share of operator time: "
+                      + ", ".join(f"{n} {v:.0%}" for n, v in shares.items()))
     if opts.wait_quiet:
         print(f"CPU busy (other processes) right after: {100 * cpu_busy():.0f}%")
 

@@ -7,7 +7,8 @@ turnout runs its real training step (`Trainer.train_step`: data from the sampler
 update, metrics line); transformers' DeepseekV3ForCausalLM gets the same weights (saved by turnout, loaded by HF),
 the same batches and AdamW, with its fastest CPU experts implementation. Steps are interleaved so machine-load drift
 hits both alike; medians are reported. MFU = analytic FLOPs per token x tokens/s / the target's measured matmul peak
-in the compute dtype. turnout's attention kernel is configs/tiny.toml's ("blocked"). mtp_depth is 0 by default because HF's model trains no MTP module (--mtp 1 to include it).
+in the compute dtype. turnout's attention kernel is configs/tiny.toml's ("blocked"). mtp_depth is 0 by default
+because HF's model trains no MTP module (--mtp 1 to include it).
 """
 
 from __future__ import annotations

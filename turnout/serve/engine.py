@@ -86,7 +86,8 @@ class Engine:
                              "(mtp_depth=0)")
         self.speculative = speculative
         # the target's decode kernels (e.g. input-major weights on CPU): same values, faster few-row matmuls
-        self.model, self.tokenizer, self.backend = model.eval().set_kernels(**backend.inference_kernels()), tokenizer, backend
+        self.model = model.eval().set_kernels(**backend.inference_kernels())
+        self.tokenizer, self.backend = tokenizer, backend
         # a verify step writes one position past the newest token, so speculation keeps one cache position spare
         self.context = min(max_context or args.max_seq_len, args.max_seq_len - speculative)
         if self.context < 2:

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 from turnout.train.plots_bar import bar_chart
 from turnout.train.plots_heatmap import heatmap
-from turnout.train.plots_svg import (AXIS, GRID, MUTED, Scale, as_float, color_at, dash_attr, esc, finite,
-                                     linear_ticks, log_ticks, placeholder, px, svg_open, svg_title, text_width,
-                                     truncate)
+from turnout.train.plots_svg import (AXIS, GRID, MUTED, Scale, as_float, axis_lines, color_at, dash_attr, esc,
+                                     finite, linear_ticks, log_ticks, placeholder, px, svg_open, svg_title,
+                                     text_width, truncate, x_axis_label, y_axis_label)
 
 MARKER_LABEL_ROWS = 5
 MAX_DOTS = 500
@@ -251,15 +251,11 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str = "", y_lab
                 out.extend(f'<circle cx="{px(a)}" cy="{px(b)}" r="2.5" fill="{esc(color)}"/>' for a, b in pts)
         out.append("</g>")
     out.extend(_markers(marks, sx, pt, pb, x0, x1))
-    out.append(f'<line x1="{px(pl)}" y1="{px(pb)}" x2="{px(pr)}" y2="{px(pb)}" stroke="{AXIS}"/>'
-               f'<line x1="{px(pl)}" y1="{px(pt)}" x2="{px(pl)}" y2="{px(pb)}" stroke="{AXIS}"/>')
+    out.append(axis_lines(pl, pr, pt, pb, h_at=pb, v_at=pl))
     if x_label:
-        out.append(f'<text x="{px((pl + pr) / 2)}" y="{px(height - 6)}" text-anchor="middle" fill="#333">'
-                   f"{esc(x_label)}</text>")
+        out.append(x_axis_label(x_label, pl, pr, height))
     if y_label:
-        cy = (pt + pb) / 2
-        out.append(f'<text x="12" y="{px(cy)}" transform="rotate(-90 12 {px(cy)})" text-anchor="middle" '
-                   f'fill="#333">{esc(truncate(y_label, pb - pt))}</text>')
+        out.append(y_axis_label(y_label, pt, pb))
     out.append("</svg>")
     return "".join(out)
 

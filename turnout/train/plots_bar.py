@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from turnout.train.plots_svg import (AXIS, GRID, MUTED, Scale, as_float, color_at, esc, fmt_num, linear_ticks,
-                                     log_ticks, placeholder, px, svg_open, svg_title, text_width, truncate)
+from turnout.train.plots_svg import (AXIS, GRID, MUTED, Scale, as_float, axis_lines, color_at, esc, fmt_num,
+                                     linear_ticks, log_ticks, placeholder, px, svg_open, svg_title, text_width,
+                                     truncate, x_axis_label, y_axis_label)
 
 THRESHOLD_COLOR = "#c0392b"
 
@@ -108,12 +109,9 @@ def _vertical(title, y_label, labels, vals, bar_colors, d0, d1, ticks, tick_labe
                    f'stroke-width="1.3" stroke-dasharray="6 4"/>'
                    f'<text x="{px(pr + 4)}" y="{px(y + 3)}" font-size="9" fill="{THRESHOLD_COLOR}">'
                    f"{esc(thr_label)} {esc(fmt_num(thr))}</text></g>")
-    out.append(f'<line x1="{px(pl)}" y1="{px(base)}" x2="{px(pr)}" y2="{px(base)}" stroke="{AXIS}"/>'
-               f'<line x1="{px(pl)}" y1="{px(pt)}" x2="{px(pl)}" y2="{px(pb)}" stroke="{AXIS}"/>')
+    out.append(axis_lines(pl, pr, pt, pb, h_at=base, v_at=pl))
     if y_label:
-        cy = (pt + pb) / 2
-        out.append(f'<text x="12" y="{px(cy)}" transform="rotate(-90 12 {px(cy)})" text-anchor="middle" '
-                   f'fill="#333">{esc(truncate(y_label, pb - pt))}</text>')
+        out.append(y_axis_label(y_label, pt, pb))
     out.append("</svg>")
     return "".join(out)
 
@@ -156,10 +154,8 @@ def _horizontal(title, y_label, labels, vals, bar_colors, d0, d1, ticks, tick_la
                    f'stroke-width="1.3" stroke-dasharray="6 4"/>'
                    f'<text x="{px(x)}" y="{px(pt - 4)}" text-anchor="middle" font-size="9" '
                    f'fill="{THRESHOLD_COLOR}">{esc(thr_label)} {esc(fmt_num(thr))}</text></g>')
-    out.append(f'<line x1="{px(base)}" y1="{px(pt)}" x2="{px(base)}" y2="{px(pb)}" stroke="{AXIS}"/>'
-               f'<line x1="{px(pl)}" y1="{px(pb)}" x2="{px(pr)}" y2="{px(pb)}" stroke="{AXIS}"/>')
+    out.append(axis_lines(pl, pr, pt, pb, h_at=pb, v_at=base))
     if y_label:  # the value axis is horizontal here, so its label goes underneath
-        out.append(f'<text x="{px((pl + pr) / 2)}" y="{px(height - 6)}" text-anchor="middle" fill="#333">'
-                   f"{esc(y_label)}</text>")
+        out.append(x_axis_label(y_label, pl, pr, height))
     out.append("</svg>")
     return "".join(out)

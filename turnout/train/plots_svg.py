@@ -220,6 +220,25 @@ def svg_title(title: str, width: float) -> str:
             f"{esc(truncate(title, width - 16, 13))}</text>")
 
 
+def axis_lines(pl: float, pr: float, pt: float, pb: float, *, h_at: float, v_at: float) -> str:
+    """The horizontal axis (pl..pr at height h_at) and the vertical one (pt..pb at x = v_at)."""
+    return (f'<line x1="{px(pl)}" y1="{px(h_at)}" x2="{px(pr)}" y2="{px(h_at)}" stroke="{AXIS}"/>'
+            f'<line x1="{px(v_at)}" y1="{px(pt)}" x2="{px(v_at)}" y2="{px(pb)}" stroke="{AXIS}"/>')
+
+
+def x_axis_label(label: str, pl: float, pr: float, height: float) -> str:
+    """A label centred under the plot area, at the bottom of the chart."""
+    return (f'<text x="{px((pl + pr) / 2)}" y="{px(height - 6)}" text-anchor="middle" fill="#333">'
+            f"{esc(label)}</text>")
+
+
+def y_axis_label(label: str, pt: float, pb: float) -> str:
+    """A label turned to run up the left edge, centred on the plot area."""
+    cy = (pt + pb) / 2
+    return (f'<text x="12" y="{px(cy)}" transform="rotate(-90 12 {px(cy)})" text-anchor="middle" '
+            f'fill="#333">{esc(truncate(label, pb - pt))}</text>')
+
+
 def placeholder(title: str, message: str = "no data", width: float = 720, height: float = 120) -> str:
     """A complete SVG that says why there is no chart (empty input, nothing plottable on a log axis, ...)."""
     height = min(height, 120)
