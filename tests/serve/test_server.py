@@ -243,3 +243,20 @@ def test_still_healthy_after_the_fuzz(server, client):
     assert httpx.get(server.base + "/health").json()["status"] == "ok"
     assert client.completions.create(model=NAME, prompt="still here", max_tokens=3).choices[0].text is not None
     assert server.proc.poll() is None
+
+
+def test_a_speculative_server_gives_the_same_answers(random_hf, reference):
+    s = ServerProcess("--model", str(random_hf), "--target", "cpu", "--speculative", "--max-context", "256")
+    try:
+        h = httpx.get(s.base + "/health").json()
+        assert h["speculative"] is True and h["acceptance_rate"] is None and h["context"] == 256
+        for n in (1, 2, 11):
+            r = httpx.post(s.base + "/v1/completions", json={"model": NAME, "prompt": "ROMEO: what light",
+                                                             "max_tokens": n, "temperature": 0}, timeout=60)
+            ref = reference("ROMEO: what light", max_tokens=n, temperature=0.0)
+            assert r.status_code == 200 and r.json()["choices"][0]["text"] == ref.text
+            assert r.json()["usage"]["completion_tokens"] == ref.completion_tokens
+        h = httpx.get(s.base + "/health").json()
+        assert h["acceptance_rate"] is not None and 0 <= h["acceptance_rate"] <= 1
+    finally:
+        s.close()
