@@ -74,7 +74,10 @@ class _Request:
 
 
 class Engine:
-    """Continuous-batching decoder for one model on one target (see the module docstring)."""
+    """Continuous-batching decoder for one model on one target (see the module docstring).
+
+    The model is put in eval mode and switched, in place, to the target's decode kernels
+    (`backend.inference_kernels()` through `Transformer.set_kernels`: the same values, other kernels)."""
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, backend: Backend, *, max_batch: int = 16,
                  max_context: int | None = None, default_max_tokens: int = 256, speculative: bool = False):
