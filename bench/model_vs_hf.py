@@ -5,9 +5,9 @@
                                 [--attn-impls sdpa,blocked] [--hf-impls grouped_mm,eager]
 
 Both models get identical weights (turnout saves, HF loads). HF runs each of its CPU-worthy experts implementations
-("grouped_mm", its default, and "eager"; "batched_mm" is ~35x slower on CPU and skipped) and turnout each of the
-attention kernels named (ModelArgs.attn_impl: "sdpa", its default, and "blocked"); the best of each side is
-compared.
+("grouped_mm", its default, and "eager"; "batched_mm" is ~35x slower on CPU and skipped) and turnout each kernel
+set named: "sdpa" (the ModelArgs defaults: SDPA attention, F.rms_norm) and "blocked" (configs/tiny.toml's: causal
+query-block attention, written-out RMSNorm); the best of each side is compared.
 Measurements are interleaved (turnout, then each HF variant, per iteration) so machine-load drift hits all alike;
 medians (as asked) and minima (robust to a busy machine) are reported. The optimiser is AdamW (fused where torch
 has it) for both. `--clock cpu` times with process CPU time instead of wall time: with `--threads 1` that is what a
@@ -157,7 +157,8 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--hf-impls", default="grouped_mm,eager")
-    p.add_argument("--attn-impls", default="sdpa,blocked", help="turnout attention kernels to run")
+    p.add_argument("--attn-impls", default="sdpa,blocked",
+                   help="turnout kernel sets to run: sdpa (the defaults), blocked (configs/tiny.toml's)")
     p.add_argument("--tune-malloc", action="store_true", help="glibc mallopt for both models (fewer page faults)")
     p.add_argument("--wait-quiet", type=float, default=0, help="wait up to this many seconds for idle CPUs")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: process time (use with --threads 1)")
@@ -177,8 +178,10 @@ def main():
     ours = Transformer(args)
     tokens = torch.randint(0, args.vocab_size, (opts.batch, opts.seq + 1))
     x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
-    models = {f"turnout/{impl}": copy.deepcopy(ours).set_kernels(attn_impl=impl)
-              for impl in opts.attn_impls.split(",")}
+    # turnout's kernel sets: the defaults ("sdpa": F.scaled_dot_product_attention, F.rms_norm) and configs/tiny.toml's
+    kernel_sets = {"sdpa": dict(attn_impl="sdpa"), "blocked": dict(attn_impl="blocked", norm_impl="explicit")}
+    models = {f"turnout/{name}": copy.deepcopy(ours).set_kernels(**kernel_sets[name])
+              for name in opts.attn_impls.split(",")}
     with tempfile.TemporaryDirectory() as d:
         save_pretrained(ours, d)
         for impl in opts.hf_impls.split(","):

@@ -1,14 +1,14 @@
 """`turnout train`'s step against transformers training the same model, in one process: tokens/s and MFU.
 
     python bench/train_throughput.py [--preset tiny] [--target cpu] [--batch 8] [--seq 256] [--iters 10]
-                                     [--attn-impl blocked]
+                                     [--attn-impl blocked] [--norm-impl explicit]
 
 turnout runs its real training step (`Trainer.train_step`: data from the sampler, health monitor, AdamW, router-bias
 update, metrics line); transformers' DeepseekV3ForCausalLM gets the same weights (saved by turnout, loaded by HF),
 the same batches and AdamW, with its fastest CPU experts implementation. Steps are interleaved so machine-load drift
 hits both alike; medians are reported. MFU = analytic FLOPs per token x tokens/s / the target's measured matmul peak
-in the compute dtype. turnout's attention kernel is configs/tiny.toml's ("blocked"). mtp_depth is 0 by default
-because HF's model trains no MTP module (--mtp 1 to include it).
+in the compute dtype. turnout's kernels are configs/tiny.toml's (blocked attention, explicit RMSNorm). mtp_depth
+is 0 by default because HF's model trains no MTP module (--mtp 1 to include it).
 """
 
 from __future__ import annotations
@@ -43,11 +43,13 @@ def main() -> None:
     p.add_argument("--mtp", type=int, default=0)
     p.add_argument("--hf-impl", default="grouped_mm")
     p.add_argument("--attn-impl", default="blocked", help="turnout's ModelArgs.attn_impl")
+    p.add_argument("--norm-impl", default="explicit", help="turnout's ModelArgs.norm_impl")
     opts = p.parse_args()
     from transformers import DeepseekV3ForCausalLM
 
     cfg = load_config(None, [f"model.preset='{opts.preset}'", f"model.overrides.mtp_depth={opts.mtp}",
                              f"model.overrides.attn_impl='{opts.attn_impl}'",
+                             f"model.overrides.norm_impl='{opts.norm_impl}'",
                              f"train.batch_size={opts.batch}", f"train.seq_len={opts.seq}",
                              f"train.steps={opts.iters + opts.warmup + 1}", "train.warmup_steps=1",
                              "train.eval_interval=0", "ckpt.interval=0", "train.grad_clip=0"])

@@ -38,8 +38,9 @@ def test_set_kernels_refuses_unknown_names_and_values():
     assert model.args.weight_layout == "out_in"
 
 
-@pytest.mark.parametrize("kernels", [dict(weight_layout="in_out"), dict(experts_impl="loop"),
-                                     dict(weight_layout="in_out", experts_impl="loop", loss_impl="plain")])
+@pytest.mark.parametrize("kernels", [dict(weight_layout="in_out"), dict(experts_impl="loop"), dict(norm_impl="explicit"),
+                                     dict(weight_layout="in_out", experts_impl="loop", loss_impl="plain"),
+                                     dict(attn_impl="blocked", norm_impl="explicit")])
 def test_kernel_choices_compute_the_same_model(kernels):
     torch.manual_seed(0)
     ref, alt = _model(), _model()

@@ -88,3 +88,24 @@ def test_rope_is_relative():
         return torch.einsum("bthd,bsd->bhts", apply_rope(q, cos, sin), apply_rope(k, cos, sin)[:, :, 0])
     assert torch.allclose(dots(0), dots(100), atol=1e-4)
     assert not torch.allclose(dots(0)[..., 0, 1], dots(0)[..., 0, 2])
+
+
+def test_explicit_rmsnorm_backward_is_exact():
+    """The written-out RMSNorm: gradcheck in fp64, and the same values and gradients as F.rms_norm in fp32."""
+    from turnout.model.norm_rope import _RMSNorm
+
+    x = torch.randn(3, 5, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(16, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: _RMSNorm.apply(a, b, 1e-6), (x, w))
+    norm = RMSNorm(16)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x32 = torch.randn(4, 7, 16, requires_grad=True)
+    ref = torch.nn.functional.rms_norm(x32, (16,), norm.weight, 1e-6)
+    (gx_ref, gw_ref) = torch.autograd.grad(ref.square().sum(), (x32, norm.weight))
+    norm.impl = "explicit"
+    out = norm(x32)
+    (gx, gw) = torch.autograd.grad(out.square().sum(), (x32, norm.weight))
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(gx, gx_ref)
+    torch.testing.assert_close(gw, gw_ref)

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 EXPERTS_IMPLS = ("grouped", "loop")
 ATTN_IMPLS = ("sdpa", "eager", "blocked")
 LOSS_IMPLS = ("fused", "plain")
+NORM_IMPLS = ("fused", "explicit")
 ROPE_TYPES = ("default", "yarn")
 WEIGHT_LAYOUTS = ("out_in", "in_out")
 #: fields that choose kernels or memory layouts; they never change what the model computes
-KERNEL_FIELDS = ("experts_impl", "attn_impl", "loss_impl", "weight_layout")
+KERNEL_FIELDS = ("experts_impl", "attn_impl", "loss_impl", "norm_impl", "weight_layout")
 
 
 @dataclass
@@ -74,6 +75,7 @@ class ModelArgs:
     # blocks with written-out backward, attention.py: fastest on CPU for short sequences)
     attn_impl: str = "sdpa"
     loss_impl: str = "fused"  # "fused": head matmul + cross-entropy in row chunks, no logits tensor | "plain"
+    norm_impl: str = "fused"  # RMSNorm: "fused" (F.rms_norm) | "explicit" (written-out fp32 backward; faster on CPU)
     # storage of matmul weights: "out_in" row-major [out, in] (nn.Linear's) | "in_out": the same [out, in] tensors
     # stored input-major, which CPU BLAS reads 3-4x faster for few-row (decode) matmuls
     weight_layout: str = "out_in"
@@ -134,6 +136,8 @@ class ModelArgs:
             p.append(f"attn_impl={self.attn_impl!r} is not one of {ATTN_IMPLS}")
         if self.loss_impl not in LOSS_IMPLS:
             p.append(f"loss_impl={self.loss_impl!r} is not one of {LOSS_IMPLS}")
+        if self.norm_impl not in NORM_IMPLS:
+            p.append(f"norm_impl={self.norm_impl!r} is not one of {NORM_IMPLS}")
         if self.weight_layout not in WEIGHT_LAYOUTS:
             p.append(f"weight_layout={self.weight_layout!r} is not one of {WEIGHT_LAYOUTS}")
         return p

@@ -47,7 +47,7 @@ FIELD_MAP = (
 )
 # fields HF has no key for; they ride along under "turnout"
 TURNOUT_ONLY = ("mtp_loss_weight", "bias_update_speed", "ignore_index", "experts_impl", "attn_impl", "loss_impl",
-                "weight_layout")
+                "norm_impl", "weight_layout")
 # (HF key, the only value we implement); None in the file means "not set", which is fine
 REQUIRED = (
     ("hidden_act", "silu"),

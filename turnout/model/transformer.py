@@ -52,10 +52,11 @@ class Transformer(nn.Module):
         self.rope = RotaryEmbedding(args)
         if not self.embed.weight.is_meta:
             self.init_weights()
-        self.lay_out_weights()
+        self.set_kernels()
 
     def set_kernels(self, **choices) -> Transformer:
-        """Switch kernel choices in place (experts_impl, attn_impl, loss_impl, weight_layout; see ModelArgs).
+        """Switch kernel choices in place (experts_impl, attn_impl, loss_impl, norm_impl, weight_layout; see
+        ModelArgs); with no arguments, apply the args' current choices to every module.
         Values, shapes and parameter names stay the same; only how they are computed or stored changes."""
         unknown = sorted(set(choices) - set(KERNEL_FIELDS))
         if unknown:
@@ -68,6 +69,8 @@ class Transformer(nn.Module):
                 m.attn_impl = args.attn_impl
             elif isinstance(m, Head):
                 m.impl = args.loss_impl
+            elif isinstance(m, RMSNorm):
+                m.impl = args.norm_impl
         self.lay_out_weights()
         return self
 
