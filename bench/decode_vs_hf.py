@@ -14,7 +14,9 @@ Decode tokens/s = batch x (N - 1) / (t(N) - t(1)): the time of N new tokens minu
 first token), so prompt processing cancels out. Each measurement is the median of --repeats interleaved runs.
 `--breakdown` profiles one of turnout's decode steps per batch size (torch.profiler, operator self time) and
 prints the share spent in matrix products (mm, bmm, baddbmm, addmm): the part that moves weights, which no
-framework overhead saving can remove.
+framework overhead saving can remove. It also times the model's decode step with the target's decode kernels
+against the ModelArgs defaults (row-major weights, grouped experts): alternating blocks of 10 steps (a block per
+model, so each runs with its own weights in cache, as in serving), median over 4 blocks each.
 Cache bytes per token: turnout's latent cache formula; HF's from the tensors its cache holds after generate
 (transformers 5.x caches DeepseekV3's latent too); and what an expanded per-head K/V cache would need.
 """
@@ -35,7 +37,7 @@ import torch  # noqa: E402
 
 from turnout.backend import get_backend  # noqa: E402
 from turnout.data import Tokenizer, load_shakespeare  # noqa: E402
-from turnout.model import ModelArgs, Transformer, load_pretrained, save_pretrained  # noqa: E402
+from turnout.model import LatentCache, ModelArgs, Transformer, load_pretrained, save_pretrained  # noqa: E402
 from turnout.serve import Engine, SamplingParams  # noqa: E402
 
 
@@ -94,6 +96,31 @@ def matmul_share(engine, args, batch: int, prompt_len: int, steps: int = 20) -> 
     total = sum(e.self_cpu_time_total for e in events)
     mm = sum(e.self_cpu_time_total for e in events if e.key in MATMULS)
     return mm / max(total, 1), total / steps / 1e3
+
+
+def kernel_gain(model, args, batch: int, prompt_len: int, blocks: int = 4, steps: int = 10) -> tuple[float, float]:
+    """(ms per decode step with the model's current kernels, ms with the ModelArgs defaults), in alternating
+    blocks of `steps` steps (after one warm-up step per block)."""
+    import copy
+
+    default = copy.deepcopy(model).set_kernels(weight_layout="out_in", experts_impl="grouped")
+    rows, pos = list(range(batch)), [prompt_len] * batch
+    x = torch.randint(3, args.vocab_size, (batch, 1))
+    times = {0: [], 1: []}
+    with torch.inference_mode():
+        caches = []
+        for m in (model, default):
+            cache = LatentCache(m.args, batch, prompt_len + 1)
+            m(torch.randint(3, args.vocab_size, (batch, prompt_len)), cache=cache, start_pos=0, slots=rows)
+            caches.append(cache)
+        for _ in range(blocks):
+            for k, (m, cache) in enumerate(zip((model, default), caches)):
+                m(x, cache=cache, start_pos=pos, slots=rows)
+                t = time.perf_counter()
+                for _ in range(steps):
+                    m(x, cache=cache, start_pos=pos, slots=rows)
+                times[k].append((time.perf_counter() - t) / steps)
+    return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3
 
 
 def timed(fn, *args) -> float:
@@ -167,6 +194,10 @@ def main():
             share, per_step = matmul_share(engine, args, B, opts.prompt_len)
             print(f"batch {B}: turnout's decode step (profiled: {per_step:.2f} ms) spends {share:.0%} of operator "
                   f"time in matrix products")
+            ours_ms, default_ms = kernel_gain(engine.model, args, B, opts.prompt_len)
+            print(f"batch {B}: decode step {ours_ms:.2f} ms with cpu's decode kernels "
+                  f"({engine.backend.inference_kernels()}), {default_ms:.2f} ms with the defaults "
+                  f"({default_ms / ours_ms:.2f}x)")
     prompts = torch.randint(3, args.vocab_size, (1, opts.prompt_len))
     hf_bpt = hf_cache_bytes_per_token(next(iter(hf.values())), prompts)
     a = args

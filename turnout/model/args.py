@@ -77,7 +77,7 @@ class ModelArgs:
     loss_impl: str = "fused"  # "fused": head matmul + cross-entropy in row chunks, no logits tensor | "plain"
     norm_impl: str = "fused"  # RMSNorm: "fused" (F.rms_norm) | "explicit" (written-out fp32 backward; faster on CPU)
     # storage of matmul weights: "out_in" row-major [out, in] (nn.Linear's) | "in_out": the same [out, in] tensors
-    # stored input-major, which CPU BLAS reads 3-4x faster for few-row (decode) matmuls
+    # stored input-major, which CPU BLAS reads faster for few-row (decode) matmuls
     weight_layout: str = "out_in"
 
     @property
