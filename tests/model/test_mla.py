@@ -54,6 +54,22 @@ def test_blocked_attention_equals_sdpa_with_gradients(T, monkeypatch):
         assert rel_err(alt(x), ref(x)) <= 1e-6
 
 
+def test_blocked_attention_and_explicit_norm_train_under_bf16_autocast():
+    """Autocast hands attention fp32 q/k (RoPE promotes) and bf16 v: the blocked kernel runs all of it in bf16,
+    forward and backward, like SDPA does; the loss matches the default kernels' to bf16 precision."""
+    torch.manual_seed(4)
+    ref = _model()
+    alt = _model()
+    alt.load_state_dict(ref.state_dict())
+    alt.set_kernels(attn_impl="blocked", norm_impl="explicit")
+    x, y = torch.randint(0, 512, (2, 32)), torch.randint(0, 512, (2, 32))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = ref(x, targets=y).loss, alt(x, targets=y).loss
+    b.backward()
+    assert torch.isfinite(b) and abs(a.item() - b.item()) < 0.02 * abs(a.item())
+    assert all(torch.isfinite(p.grad).all() for p in alt.parameters() if p.grad is not None)
+
+
 @pytest.mark.parametrize("case", CASES)
 @torch.no_grad()
 def test_incremental_decoding_equals_full_forward(case):

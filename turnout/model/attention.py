@@ -55,8 +55,17 @@ class _BlockCausal(torch.autograd.Function):
 
 
 def block_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """Causal attention of q, k [B, H, T, D] and v [B, H, T, Dv] -> [B, H, T, Dv], in query blocks."""
+    """Causal attention of q, k [B, H, T, D] and v [B, H, T, Dv] -> [B, H, T, Dv], in query blocks.
+
+    Runs in one dtype, forward and backward: autocast's when it is on (as SDPA would), else the inputs' widest.
+    """
     B, H, T, D = q.shape
     n = BLOCKS if T % BLOCKS == 0 and T >= 4 * BLOCKS else 1
-    flat = [t.reshape(B * H, T, t.shape[-1]) for t in (q, k, v)]
-    return _BlockCausal.apply(*flat, scale, n).view(B, H, T, v.shape[-1])
+    device = q.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+    else:
+        dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+    flat = [t.reshape(B * H, T, t.shape[-1]).to(dtype) for t in (q, k, v)]
+    with torch.autocast(device, enabled=False):  # the backward runs without autocast: keep both alike
+        return _BlockCausal.apply(*flat, scale, n).view(B, H, T, v.shape[-1])
