@@ -36,11 +36,6 @@ class CacheStep:
     start: int | None
     bias: torch.Tensor
 
-    @property
-    def mask(self) -> torch.Tensor:
-        """[B, T, end] bool, True where key s is visible to the query at pos[b, t] (s <= pos)."""
-        return self.bias == 0
-
 
 class LatentCache:
     """Preallocated latent cache for the main decoder blocks, plus `mtp_layers` MTP blocks (speculative drafting)."""
@@ -52,7 +47,6 @@ class LatentCache:
         if not 0 <= mtp_layers <= args.mtp_depth:
             raise ValueError(f"mtp_layers={mtp_layers} must be in [0, mtp_depth={args.mtp_depth}]")
         self.max_batch, self.max_seq, self.n_layers = max_batch, max_seq, args.n_layers + mtp_layers
-        self.kv_lora_rank, self.rope_dim = args.kv_lora_rank, args.qk_rope_head_dim
         self.kv = torch.zeros(self.n_layers, max_batch, max_seq, args.kv_lora_rank + args.qk_rope_head_dim,
                               device=device, dtype=dtype)
 

@@ -13,8 +13,8 @@ alone (a [1, P] forward that writes its latent cache row and yields its first to
 every running row together ([B, 1] tokens, each row at its own position in its own cache row), sample, and retire
 finished rows. Requests therefore join and leave the running batch between decode steps, and a prefill never
 pads anybody's sequence. With `speculative=True` (a model with an MTP module) each decode step verifies one
-MTP-drafted token per row and emits one or two tokens (speculative.py); the output is the same. Sampling uses each request's own generator (sampling.py), so its tokens do not depend on
-its batch neighbours beyond float rounding.
+MTP-drafted token per row and emits one or two tokens (speculative.py); the output is the same. Sampling uses each
+request's own generator (sampling.py), so its tokens do not depend on its batch neighbours beyond float rounding.
 """
 
 from __future__ import annotations
