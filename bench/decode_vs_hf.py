@@ -13,7 +13,7 @@ random prompts ([batch, prompt_len] ids) and must produce exactly new_tokens tok
 Decode tokens/s = batch x (N - 1) / (t(N) - t(1)): the time of N new tokens minus the time of 1 (prefill and the
 first token), so prompt processing cancels out. Each measurement is the median of --repeats interleaved runs.
 `--breakdown` profiles one of turnout's decode steps per batch size (torch.profiler, operator self time) and
-prints the share spent in matrix products (mm, bmm, baddbmm, addmm): the part that moves weights, which no
+prints the share spent in matrix products (opshare.MATMULS: mm, bmm, baddbmm, addmm): the part that moves weights, which no
 framework overhead saving can remove. It also times the model's decode step with the target's decode kernels
 against the ModelArgs defaults (row-major weights, grouped experts): alternating blocks of 10 steps (a block per
 model, so each runs with its own weights in cache, as in serving), median over 4 blocks each.
@@ -34,6 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
+from opshare import MATMULS, op_times, share  # noqa: E402
 
 from turnout.backend import get_backend  # noqa: E402
 from turnout.data import Tokenizer, load_shakespeare  # noqa: E402
@@ -74,14 +75,9 @@ def hf_cache_bytes_per_token(model, prompts: torch.Tensor) -> float:
     return total / (B * T)
 
 
-MATMULS = ("aten::mm", "aten::bmm", "aten::baddbmm", "aten::addmm", "aten::_grouped_mm")
-
-
 def matmul_share(engine, args, batch: int, prompt_len: int, steps: int = 20) -> tuple[float, float]:
     """(fraction of operator self time in matrix products, profiled ms per step) over `steps` decode steps of the
     engine's model at `batch` rows."""
-    from torch.profiler import ProfilerActivity, profile
-
     model, cache = engine.model, engine.cache
     rows, pos = list(range(batch)), [prompt_len] * batch
     x = torch.randint(3, args.vocab_size, (batch, 1))
@@ -89,13 +85,8 @@ def matmul_share(engine, args, batch: int, prompt_len: int, steps: int = 20) -> 
         model(torch.randint(3, args.vocab_size, (batch, prompt_len)), cache=cache, start_pos=0, slots=rows)
         for _ in range(3):
             model(x, cache=cache, start_pos=pos, slots=rows)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(steps):
-                model(x, cache=cache, start_pos=pos, slots=rows)
-    events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events)
-    mm = sum(e.self_cpu_time_total for e in events if e.key in MATMULS)
-    return mm / max(total, 1), total / steps / 1e3
+        times, total = op_times(lambda: model(x, cache=cache, start_pos=pos, slots=rows), steps)
+    return share(times, total, MATMULS.__contains__), total / steps / 1e3
 
 
 def kernel_gain(model, args, batch: int, prompt_len: int, blocks: int = 4, steps: int = 10) -> tuple[float, float]:

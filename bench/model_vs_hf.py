@@ -30,6 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
+from opshare import MATMULS, op_times, share  # noqa: E402
 
 from turnout.model import ModelArgs, Transformer, flops_per_token, save_pretrained  # noqa: E402
 
@@ -82,21 +83,12 @@ def make_steps(model, kind: str, x, y, train: bool):
     return step
 
 
-MATMULS = ("aten::mm", "aten::bmm", "aten::baddbmm", "aten::addmm", "aten::addmm_", "aten::_grouped_mm")
-
-
 def breakdown(step, n: int = 3) -> dict[str, float]:
     """Shares of operator self time in one train step: matrix products, fused attention (fwd + bwd), the rest."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(n):
-            step()
-    events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events)
-    mm = sum(e.self_cpu_time_total for e in events if e.key in MATMULS)
-    attn = sum(e.self_cpu_time_total for e in events if "scaled_dot_product" in e.key)
-    return {"matrix products": mm / total, "fused SDPA attention": attn / total, "other": 1 - (mm + attn) / total}
+    times, total = op_times(step, n)
+    mm = share(times, total, MATMULS.__contains__)
+    attn = share(times, total, lambda k: "scaled_dot_product" in k)
+    return {"matrix products": mm, "fused SDPA attention": attn, "other": 1 - mm - attn}
 
 
 def cpu_busy(seconds: float = 2.0) -> float:
