@@ -81,6 +81,10 @@ def test_generate_speculative_gives_the_same_text(random_hf, tmp_path, capsys):
     assert cli(argv[:2] + [str(no_mtp)] + argv[3:] + ["--speculative"]) == 2
     err = capsys.readouterr().err
     assert "--speculative" in err and "no MTP module" in err and len(err.strip().splitlines()) == 1
+    # serve refuses it the same way, before it starts serving
+    assert cli(["serve", "--model", str(no_mtp), "--target", "cpu", "--port", "0", "--speculative"]) == 2
+    err = capsys.readouterr().err
+    assert "--speculative" in err and "no MTP module" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -22,14 +22,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass; 1: off")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
     p.add_argument("--stop", action="append", default=[], metavar="STR", help="stop at this text (repeatable)")
-    p.add_argument("--speculative", action="store_true",
-                   help="draft one token ahead with the model's MTP module and verify it (same output, fewer steps)")
+    add_speculative_argument(p)
     p.add_argument("--max-context", type=int, default=None, help="context length (default: the model's)")
     p.add_argument("--quiet", action="store_true", help="print only the continuation, no prompt or summary")
 
 
+def add_speculative_argument(p: argparse.ArgumentParser) -> None:
+    """--speculative, shared by `generate` and `serve`."""
+    p.add_argument("--speculative", action="store_true",
+                   help="draft one token ahead with the model's MTP module and verify it (same output, fewer steps)")
+
+
+def build_engine(lm, args: argparse.Namespace, max_batch: int, max_context: int | None):
+    """The serving Engine for a loaded model; a ConfigError when --speculative asks for an MTP module it lacks."""
+    from turnout.serve import Engine
+
+    if args.speculative and lm.model.args.mtp_depth < 1:
+        raise ConfigError(f"--speculative: {args.model} has no MTP module to draft with (mtp_depth=0)")
+    return Engine(lm.model, lm.tokenizer, lm.backend, max_batch=max_batch, max_context=max_context,
+                  speculative=args.speculative)
+
+
 def run(args: argparse.Namespace) -> int:
-    from turnout.serve import Engine, RequestError, SamplingParams, load_for_serving
+    from turnout.serve import RequestError, SamplingParams, load_for_serving
 
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, seed=args.seed, stop=tuple(args.stop))
@@ -37,10 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigError(f"--{problems[0][0].replace('_', '-')}: {problems[0][1]}")
     lm = load_for_serving(args.model, args.target)
-    if args.speculative and lm.model.args.mtp_depth < 1:
-        raise ConfigError(f"--speculative: {args.model} has no MTP module to draft with (mtp_depth=0)")
-    engine = Engine(lm.model, lm.tokenizer, lm.backend, max_batch=1, max_context=args.max_context,
-                    speculative=args.speculative)
+    engine = build_engine(lm, args, max_batch=1, max_context=args.max_context)
     try:
         handle = engine.submit(args.prompt, params)
     except RequestError as e:

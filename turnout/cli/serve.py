@@ -6,6 +6,7 @@ import argparse
 import os
 import socket
 
+from turnout.cli.generate import add_speculative_argument, build_engine
 from turnout.config import ConfigError
 
 HELP = ("serve a model over an OpenAI-compatible API: --model PATH [--target SPEC] [--host 127.0.0.1] "
@@ -27,8 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--certificate", action="append", default=[], metavar="FILE",
                    help="a parity certificate to consider besides MODEL's parity-*.json (repeatable)")
     p.add_argument("--max-batch", type=int, default=16, help="requests decoded together (default 16)")
-    p.add_argument("--speculative", action="store_true",
-                   help="draft one token ahead with the model's MTP module and verify it (same output, fewer steps)")
+    add_speculative_argument(p)
     p.add_argument("--max-context", type=int, default=None,
                    help="context length in tokens (default: the model's, capped at 8192)")
     p.add_argument("--model-name", default=None, help="the model id clients send (default: the folder's name)")
@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from turnout.backend import get_backend, parse_spec
-    from turnout.serve import Engine, load_for_serving, model_identity, require_certificate
+    from turnout.serve import load_for_serving, model_identity, require_certificate
     from turnout.serve.server import serve
 
     if not 0 <= args.port <= 65535:
@@ -56,11 +56,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"certificate: {cert}" if cert else f"certificate: not needed ({target} is the training target)")
     _check_bind(args.host, args.port)
     lm = load_for_serving(args.model, target, trained_on=trained_on)
-    if args.speculative and lm.model.args.mtp_depth < 1:
-        raise ConfigError(f"--speculative: {args.model} has no MTP module to draft with (mtp_depth=0)")
     context = args.max_context or min(lm.model.args.max_seq_len, 8192)
-    engine = Engine(lm.model, lm.tokenizer, lm.backend, max_batch=args.max_batch, max_context=context,
-                    speculative=args.speculative)
+    engine = build_engine(lm, args, max_batch=args.max_batch, max_context=context)
     name = args.model_name or lm.name
     key = args.api_key if args.api_key is not None else os.environ.get("TURNOUT_API_KEY") or None
     dtype = str(lm.dtype).removeprefix("torch.")
