@@ -6,7 +6,7 @@ from turnout.backend import TargetError, get_backend, shipped_profiles
 from turnout.backend.sim import SimBackend
 from turnout.backend.sim_profile import load_profile, op_name
 
-REQUIRED = {"healthy", "lossy-accum", "bad-backward", "no-bf16", "flaky", "hang"}
+REQUIRED = {"healthy", "lossy-accum", "bad-backward", "no-bf16", "flaky", "hang", "bad-allreduce"}
 
 
 def write(tmp_path, text, name="p.toml"):
@@ -35,7 +35,9 @@ def test_shipped_profiles_say_what_they_do():
     """The documented faults of each required profile, exactly."""
     kinds = {n: [f.kind for f in load_profile(n).faults] for n in REQUIRED}
     assert kinds == {"healthy": [], "lossy-accum": ["lossy_accum"], "bad-backward": ["bad_backward"],
-                     "no-bf16": [], "flaky": ["sdc", "sdc", "device_error", "device_error"], "hang": ["hang"]}
+                     "no-bf16": [], "flaky": ["sdc", "sdc", "device_error", "device_error"], "hang": ["hang"],
+                     "bad-allreduce": ["sdc"]}
+    assert load_profile("bad-allreduce").faults[0].ops == ("c10d::allreduce",)
     assert load_profile("no-bf16").unsupported_dtypes == ("bf16",)
     assert load_profile("bad-backward").faults[0].error == 0.05
     hang = load_profile("hang").faults[0]

@@ -224,3 +224,46 @@ def test_device_error_in_a_collective(tmp_path):
     finally:
         dist.destroy_process_group()
     assert [(e["step"], e["op"]) for e in bk.injected()] == [(3, "c10d::allreduce")]
+
+
+def test_faults_act_on_what_a_collective_returns(tmp_path):
+    """A collective's result lands in its buffers when its Work completes (gloo runs it on another thread): an
+    sdc or lossy_accum fault acts on that result, in place, both for ops returning their buffers (all_reduce,
+    all_gather) and for all_to_all, which returns only its Work. World size 1: every correct result equals x."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already running in this process")
+    bk = sim(tmp_path, '[[fault]]\nkind = "sdc"\nops = ["c10d::allreduce"]\nat_steps = [2]\nbit = 30\n\n'
+                       '[[fault]]\nkind = "sdc"\nops = ["c10d::alltoall_base"]\nat_steps = [3]\nbit = 30\n\n'
+                       '[[fault]]\nkind = "lossy_accum"\nops = ["c10d::_allgather_base"]\n')
+    x = torch.randn(64, generator=torch.Generator().manual_seed(1))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    got = {}
+    try:
+        for step in (1, 2):
+            bk.set_step(step)
+            with bk.compute():
+                t = x.clone()
+                dist.all_reduce(t)
+            got[step] = t
+        bk.set_step(3)
+        with bk.compute():
+            a2a = torch.empty(64)
+            dist.all_to_all_single(a2a, x.clone())
+            gathered = torch.empty(64)
+            (getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor)(gathered, x.clone())
+    finally:
+        dist.destroy_process_group()
+
+    def flipped(t):  # indices where t differs from x, and the bits that differ there
+        diff = (t.view(torch.int32) ^ x.view(torch.int32)).nonzero().flatten()
+        return diff.tolist(), {int(t.view(torch.int32)[i] ^ x.view(torch.int32)[i]) for i in diff}
+
+    assert torch.equal(got[1], x)
+    assert flipped(got[2])[1] == {1 << 30} and len(flipped(got[2])[0]) == 1
+    assert flipped(a2a)[1] == {1 << 30} and len(flipped(a2a)[0]) == 1
+    assert torch.equal(gathered, x.bfloat16().float()) and not torch.equal(gathered, x)
+    assert [(e["step"], e["op"]) for e in bk.injected("sdc")] == [(2, "c10d::allreduce"), (3, "c10d::alltoall_base")]
+    assert bk.injected("lossy_accum")[0]["detail"] == "c10d::_allgather_base accumulated in bf16"
+    assert not any("aten::" in e["detail"] for e in bk.injected())

@@ -136,3 +136,17 @@ def test_nondeterministic_is_unfit(qualified):
     assert any("not bit-reproducible" in x for x in r["reasons"])
     # ulp-level jitter is what a correct but differently-rounding device does: training parity stays in band
     assert r["stages"]["training"]["status"] == "pass"
+
+
+@pytest.mark.dist  # the collectives stage starts two gloo ranks through torchrun
+def test_bad_allreduce_is_unfit_by_its_collectives_alone(qualified):
+    """Compute on the device is healthy; only the all_reduce results come back corrupted, on both ranks."""
+    r, _ = qualified("sim:bad-allreduce", collectives=True)
+    check_consistent(r)
+    assert r["verdict"] == "unfit"
+    stages = r["stages"]
+    assert {n for n, st in stages.items() if st["status"] == "fail"} == {"collectives"}
+    bad = [(row["op"], row["rank"]) for rk in stages["collectives"]["evidence"]["ranks"] for row in rk["results"]
+           if not row["ok"]]
+    assert {op for op, _ in bad} == {"all_reduce"} and {rank for _, rank in bad} == {0, 1}
+    assert r["reasons"] and all("all_reduce" in x and "wrong values" in x for x in r["reasons"])

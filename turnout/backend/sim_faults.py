@@ -43,12 +43,48 @@ def find_dtype(args: Iterable[Any], kwargs: dict[str, Any], dtypes: frozenset) -
     return None
 
 
-def map_outputs(func: Any, out: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+def qualified(op: str) -> str:
+    """An op's name for messages: 'aten::mm' for the normalised 'mm', 'c10d::allreduce' as it is."""
+    return op if "::" in op else f"aten::{op}"
+
+
+def _float_tensors(value: Any) -> list[torch.Tensor]:
+    """The non-empty floating-point tensors in `value`, lists and tuples (of lists) flattened."""
+    if isinstance(value, torch.Tensor):
+        return [value] if value.is_floating_point() and value.numel() else []
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _float_tensors(v)]
+    return []
+
+
+def wait_work(out: Any) -> None:
+    """Block until a c10d op's asynchronous Work completes: only then do its buffers hold the result (a fault
+    written earlier would be overwritten by the collective)."""
+    for o in out if isinstance(out, (tuple, list)) else (out,):
+        if isinstance(o, torch.ScriptObject) and hasattr(o, "wait"):
+            o.wait()
+
+
+def collective_results(op: str, out: Any, args: tuple) -> list[torch.Tensor]:
+    """The floating-point buffers a c10d op fills with its result: the tensors it returns (all_reduce's, all_gather's
+    output), else its first argument (all_to_all returns only its Work and writes `output`); none for a send."""
+    if op == "c10d::send":
+        return []
+    return _float_tensors(out) or _float_tensors(args[:1])
+
+
+def map_outputs(func: Any, out: Any, fn: Callable[[torch.Tensor], torch.Tensor],
+                results: list[torch.Tensor] | None = None) -> Any:
     """Apply `fn` (tensor -> new tensor) to each floating-point tensor output of `func`.
 
     An output that aliases an input (in-place, out= and view ops: the schema return has alias info) is
-    overwritten in place, so the caller's tensor carries the fault; any other output is replaced.
+    overwritten in place, so the caller's tensor carries the fault; any other output is replaced. `results`
+    (a collective's buffers, `collective_results`) are all overwritten in place and `out` is returned as is.
     """
+    if results is not None:
+        for t in results:
+            t.copy_(fn(t))
+        return out
     returns = func._schema.returns
 
     def one(t: Any, i: int) -> Any:

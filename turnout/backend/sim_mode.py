@@ -21,8 +21,9 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from turnout.backend.sim_faults import (SimDeviceError, UlpJitter, find_dtype, flip_bit, map_outputs,
-                                        missing_kernel_error, round_args, round_to, scale, sleep_for)
+from turnout.backend.sim_faults import (SimDeviceError, UlpJitter, collective_results, find_dtype, flip_bit,
+                                        map_outputs, missing_kernel_error, qualified, round_args, round_to, scale,
+                                        sleep_for, wait_work)
 from turnout.backend.sim_profile import Fault, Profile, op_name
 from turnout.backend.sim_record import Recorder
 from turnout.backend.sim_schedule import Schedule
@@ -35,7 +36,7 @@ _HANG_SLICE = 0.05  # seconds per wait while hanging: a cancel is seen within th
 class _Plan:
     """The faults that apply to one op, split by when they act."""
 
-    __slots__ = ("op", "step_faults", "check_dtype", "missing", "lossy", "post")
+    __slots__ = ("op", "step_faults", "check_dtype", "missing", "lossy", "post", "collective")
 
     def __init__(self, op: str, faults: list[Fault], check_dtype: bool):
         self.op = op
@@ -44,6 +45,7 @@ class _Plan:
         self.missing = next((f for f in faults if f.kind == "missing_op"), None)
         self.lossy = next((f for f in faults if f.kind == "lossy_accum"), None)
         self.post = [f for f in faults if f.kind in ("bad_backward", "nondeterministic", "sdc")]
+        self.collective = op.startswith("c10d::")  # its result lands in buffers, when its Work completes
 
 
 class Injector:
@@ -100,47 +102,51 @@ class Injector:
             bad = find_dtype(args, kwargs, self._unsupported_set)
             if bad is not None:
                 name = self.unsupported[bad]
-                self.record.event(step, "unsupported_dtype", op, f"aten::{op} called with {name}")
+                self.record.event(step, "unsupported_dtype", op, f"{qualified(op)} called with {name}")
                 raise missing_kernel_error(op, bad, self.target, name)
         m = plan.missing
         if m is not None and not m.fallback:
-            self.record.event(step, "missing_op", op, f"aten::{op} raised NotImplementedError ({m.label})")
-            raise NotImplementedError(f"{self.target}: aten::{op} is not implemented on this device")
-        if plan.lossy is not None:
+            self.record.event(step, "missing_op", op, f"{qualified(op)} raised NotImplementedError ({m.label})")
+            raise NotImplementedError(f"{self.target}: {qualified(op)} is not implemented on this device")
+        if plan.lossy is not None and not plan.collective:  # a collective writes into its arguments: keep them
             args, kwargs = round_args(args, kwargs, DTYPES[plan.lossy.precision])
         t0 = time.perf_counter()
         out = func(*args, **kwargs)
         if m is not None:  # a fallback: the op ran "on the host", slowdown times as long
             took = time.perf_counter() - t0
-            self.record.count(step, "fallback", op, f"aten::{op} fell back to the host ({m.slowdown:g}x slower)")
+            self.record.count(step, "fallback", op, f"{qualified(op)} fell back to the host ({m.slowdown:g}x slower)")
             sleep_for((m.slowdown - 1) * took)
+        results = None
+        if plan.collective and (plan.lossy is not None or plan.post):
+            wait_work(out)  # faults act on the collective's result, which is final only now
+            results = collective_results(op, out, args)
         if plan.lossy is not None:
             prec = DTYPES[plan.lossy.precision]
-            out = map_outputs(func, out, lambda t: round_to(t, prec))
-            self.record.count(step, "lossy_accum", op, f"aten::{op} accumulated in {plan.lossy.precision}")
+            out = map_outputs(func, out, lambda t: round_to(t, prec), results)
+            self.record.count(step, "lossy_accum", op, f"{qualified(op)} accumulated in {plan.lossy.precision}")
         for f in plan.post:
-            out = self._post(f, func, op, out)
+            out = self._post(f, func, op, out, results)
         return out
 
-    def _post(self, f: Fault, func: Any, op: str, out: Any) -> Any:
+    def _post(self, f: Fault, func: Any, op: str, out: Any, results: list[torch.Tensor] | None) -> Any:
         step = self.schedule.step
         if f.kind == "bad_backward":
-            self.record.count(step, "bad_backward", op, f"aten::{op} output scaled by {1 + f.error:g}")
-            return map_outputs(func, out, lambda t: scale(t, 1 + f.error))
+            self.record.count(step, "bad_backward", op, f"{qualified(op)} output scaled by {1 + f.error:g}")
+            return map_outputs(func, out, lambda t: scale(t, 1 + f.error), results)
         if f.kind == "nondeterministic":
-            self.record.count(step, "nondeterministic", op, f"aten::{op} output perturbed by <= {f.ulps} ulp")
-            return map_outputs(func, out, lambda t: self._jitter[f.index](t, op))
+            self.record.count(step, "nondeterministic", op, f"{qualified(op)} output perturbed by <= {f.ulps} ulp")
+            return map_outputs(func, out, lambda t: self._jitter[f.index](t, op), results)
         if self.schedule.due(f):  # sdc
-            return self._sdc(f, func, op, out)
+            return self._sdc(f, func, op, out, results)
         return out
 
-    def _sdc(self, f: Fault, func: Any, op: str, out: Any) -> Any:
-        """Flip one bit of one element of the first floating-point tensor output."""
-        outs = list(out) if isinstance(out, (tuple, list)) else [out]
+    def _sdc(self, f: Fault, func: Any, op: str, out: Any, results: list[torch.Tensor] | None) -> Any:
+        """Flip one bit of one element of the first floating-point tensor output (of a collective: its result)."""
+        outs = results if results is not None else list(out) if isinstance(out, (tuple, list)) else [out]
         i = next((i for i, t in enumerate(outs) if isinstance(t, torch.Tensor) and t.is_floating_point()
                   and t.numel()), None)
         if i is None:
-            self.record.event(self.step, "sdc", op, f"{f.label} due but aten::{op} had no float output")
+            self.record.event(self.step, "sdc", op, f"{f.label} due but {qualified(op)} had no float output")
             return out
         t = outs[i]
         index = self._pick.randrange(t.numel())
@@ -150,7 +156,7 @@ class Injector:
                                                 f"{str(t.dtype).removeprefix('torch.')} output: {before!r} -> "
                                                 f"{after!r} ({f.label})")
         returns = func._schema.returns
-        if returns and returns[min(i, len(returns) - 1)].alias_info is not None:
+        if results is not None or (returns and returns[min(i, len(returns) - 1)].alias_info is not None):
             t.copy_(new.view(t.shape))
             return out
         if not isinstance(out, (tuple, list)):
@@ -162,9 +168,9 @@ class Injector:
     def _step_fault(self, f: Fault, op: str) -> None:
         step = self.schedule.step
         if f.kind == "device_error":
-            self.record.event(step, "device_error", op, f"device lost during aten::{op} ({f.label})")
+            self.record.event(step, "device_error", op, f"device lost during {qualified(op)} ({f.label})")
             raise SimDeviceError(f"{self.target}: device lost (injected device_error at step {step})")
-        ev = self.record.event(step, "hang", op, f"hang of {f.seconds:g} s in aten::{op} ({f.label})")
+        ev = self.record.event(step, "hang", op, f"hang of {f.seconds:g} s in {qualified(op)} ({f.label})")
         waited, cancelled = self._hang(f.seconds)
         ev["detail"] += f"; released after {waited:.2f} s ({'cancelled' if cancelled else 'timed out'})"
         if f.error_after:
