@@ -67,6 +67,29 @@ def test_hang_is_detected_and_the_run_fails_over(tmp_path):
     assert _events(run, "end")[-1]["step"] == 25
 
 
+@pytest.mark.dist  # two gloo ranks through torchrun
+def test_corrupted_gradient_all_reduce_is_caught_and_the_run_fails_over(tmp_path):
+    """DDP on sim:bad-allreduce: compute is healthy, but each step's first gradient all_reduce returns a flipped
+    bit. Each is caught (the in-place re-run is clean: transient), the target loses trust and the run moves to
+    cpu. Without a fallback the job exits 86 with the ranks' one-line reason, not torchrun's code 1 and traceback."""
+    ddp = ["--set", "train.steps=8", "--set", "train.parallel='ddp'", "--set", "health.max_faults=2",
+           "--target", "sim:bad-allreduce", "--nproc", "2"]
+    r = _turnout("train", *BASE, *ddp, "--out", str(tmp_path / "alone"))
+    assert r.returncode == 86, r.stderr[-2000:]
+    said = [x for x in r.stderr.splitlines() if x.startswith("turnout train:")]
+    assert len(said) == 1 and "no longer trusted" in said[0] and "Traceback" not in r.stderr
+    run = tmp_path / "run"
+    r = _turnout("train", *BASE, *ddp, "--out", str(run), "--fallback", "cpu")
+    assert r.returncode == 0, r.stderr[-2000:]
+    injected = _events(run, "injected")
+    assert [(e["step"], e["op"]) for e in injected] == [(1, "c10d::allreduce"), (2, "c10d::allreduce")]
+    assert [(e["step"], e["classification"]) for e in _events(run, "sdc")] == [(1, "transient"), (2, "transient")]
+    fo = _events(run, "failover")
+    assert len(fo) == 1 and fo[0]["reason"] == "untrusted" and fo[0]["to_target"] == "cpu"
+    end = _events(run, "end")[-1]
+    assert end["target"] == "cpu" and end["step"] == 8
+
+
 def test_sigkill_of_a_worker_restarts_it_from_the_checkpoint(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "turnout", "train", *BASE, "--set", "train.steps=60",

@@ -40,10 +40,11 @@ def _config_for(args: argparse.Namespace):
 
 
 def _launch_torchrun(args: argparse.Namespace) -> int:
-    """Re-run this command under torchrun with --nproc ranks (standalone rendezvous on this machine)."""
-    argv = [a for a in sys.argv[1:]]
+    """Re-run this command as --nproc ranks through torchrun (standalone on this machine); the ranks' exit code."""
+    from turnout.train.launch import command
+
     cleaned, skip = [], False
-    for a in argv:
+    for a in sys.argv[1:]:
         if skip:
             skip = False
             continue
@@ -53,11 +54,7 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
         if a.startswith("--nproc="):
             continue
         cleaned.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-           "-m", "turnout", *cleaned]
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max((os.cpu_count() or 1) // args.nproc, 1)))
-    return subprocess.call(cmd, env=env)
+    return subprocess.call(command(args.nproc, cleaned))
 
 
 def _supervise(args: argparse.Namespace, config, fallback: list[str]) -> int:
@@ -106,12 +103,14 @@ def run(args: argparse.Namespace) -> int:
         target = read_manifest(folder).target if folder else None
     try:
         result = train(config, target, args.out, resume=args.resume, until=args.until)
-    except TargetUntrusted as e:
-        print(f"turnout train: {target or 'the target'} is no longer trusted: {e}; resume elsewhere with --resume "
-              f"--target SPEC, or train with --fallback", file=sys.stderr)
+    except TargetUntrusted as e:  # every rank decides alike (losses and norms are all-reduced): rank 0 says it
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"turnout train: {target or 'the target'} is no longer trusted: {e}; resume elsewhere with "
+                  f"--resume --target SPEC, or train with --fallback", file=sys.stderr)
         return EXIT_UNTRUSTED
     except RunUnrecoverable as e:
-        print(f"turnout train: cannot continue: {e}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"turnout train: cannot continue: {e}", file=sys.stderr)
         return EXIT_UNRECOVERABLE
     if args.sample and int(os.environ.get("RANK", "0")) == 0:
         from turnout.ckpt.restore import load_model

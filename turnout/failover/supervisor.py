@@ -1,8 +1,8 @@
 """The supervisor: runs training workers on a priority list of targets and fails over when one stops being trusted.
 
 The worker (`turnout train --resume`, through torchrun when there are several ranks) decides about its own steps;
-the supervisor decides about targets. It reads why a worker stopped from the run's events (a worker's exit code
-does not survive torchrun) and:
+the supervisor decides about targets. It reads why a worker stopped from the run's events (they carry the detail
+an exit code cannot) and:
 - `untrusted` (persistent SDC, repeated device errors) or `hang`: fail over to the next target that accepts the
   config, resuming from the newest complete checkpoint (DCP reshards when the world size differs), at the same
   global sample index; the worker then checks its first losses against those recorded before the switch;
@@ -30,6 +30,7 @@ from turnout.config import Config
 from turnout.model.flops import param_counts
 from turnout.train.build import model_args
 from turnout.train.events import EventLog
+from turnout.train.launch import command as launch_command
 
 STOP_KINDS = ("untrusted", "hang", "unrecoverable")
 
@@ -91,16 +92,13 @@ class Supervisor:
         if self.until:
             inner += ["--until", str(self.until)]
         if self.nproc > 1:
-            return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc}",
-                    "-m", "turnout", "train", *inner]
+            return launch_command(self.nproc, ["train", *inner])
         return [sys.executable, "-m", "turnout", "train", *inner]
 
     def run_worker(self, target: str, resume: bool) -> WorkerExit:
         """Start one worker (group) and wait; a SIGINT/SIGTERM to the supervisor is passed on."""
         t0 = time.time()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        if self.nproc > 1:
-            env.setdefault("OMP_NUM_THREADS", str(max((os.cpu_count() or 1) // self.nproc, 1)))
         self.worker = subprocess.Popen(self.command(target, resume), env=env, start_new_session=True)
         (self.run_dir / "worker.pid").write_text(str(self.worker.pid))
         try:

@@ -1,0 +1,57 @@
+"""Start ranks on this machine through torchrun and end with the ranks' own exit code.
+
+    python -m turnout.train.launch NPROC ARGS...    # `python -m turnout ARGS...` as NPROC ranks (torchrun --standalone)
+
+torchrun (torch.distributed.run) exits 1 with a traceback of its own whatever made a rank fail. Run through this
+module instead, the job exits with the failing rank's code -- 86 target untrusted, 87 hang, 88 unrecoverable,
+2 refused input -- and the ranks' one-line reasons are the only report, as with a single process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+
+def command(nproc: int, args: list[str]) -> list[str]:
+    """The command line that runs `turnout ARGS` as `nproc` ranks."""
+    return [sys.executable, "-m", "turnout.train.launch", str(nproc), *args]
+
+
+def exit_code(codes: list[int], first: int) -> int:
+    """One code for a failed group: the first failing rank's, unless it was only killed in the teardown (a
+    signal, negative), then any rank's own positive code; 1 when none has one."""
+    if first > 0:
+        return first
+    return max((c for c in codes if c > 0), default=1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or not argv[0].isdigit() or int(argv[0]) < 1:
+        print("usage: python -m turnout.train.launch NPROC ARGS...", file=sys.stderr)
+        return 2
+    nproc, rest = int(argv[0]), argv[1:]
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    # each rank gets its share of the cores (torchrun would otherwise warn and set 1)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max((os.cpu_count() or 1) // nproc, 1)))
+    # torchrun's agent logs each failed rank with its own traceback dump; the ranks have said why already
+    for name in ("torch.distributed.elastic", "torch.distributed.elastic.multiprocessing.api",
+                 "torch.distributed.elastic.agent.server.api"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    args = get_args_parser().parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "turnout", *rest])
+    try:
+        run(args)
+    except ChildFailedError as e:
+        _, first = e.get_first_failure()
+        return exit_code([f.exitcode for f in e.failures.values()], first.exitcode)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
