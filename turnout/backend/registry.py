@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from turnout.backend import detect
 from turnout.backend.interface import Backend
@@ -57,7 +56,9 @@ def default_spec() -> str:
 
 def shipped_profiles() -> list[str]:
     """Names of the sim profiles that ship with turnout."""
-    return sorted(p.stem for p in (Path(__file__).parent / "profiles").glob("*.toml"))
+    from turnout.backend.sim_profile import shipped_names
+
+    return shipped_names()
 
 
 def known_targets() -> list[str]:
