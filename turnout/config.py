@@ -97,6 +97,8 @@ class HealthSection:
                            lo=0.0)
     rerun_bitwise: bool = _f(True, "verification re-runs also compare the gradients bit for bit (a checksum); "
                              "false for targets whose kernels are not deterministic")
+    replica_check_interval: int = _f(25, "data-parallel (DDP) ranks compare a bit-level checksum of their weights "
+                                     "every N steps and before each checkpoint; 0 disables", lo=0)
     reference: str = _f("cpu", "target that re-executes a suspect step to arbitrate; empty disables")
     reference_rtol: float = _f(1e-3, "relative difference above which the target and the reference disagree", lo=0.0)
     skip_batches: int = _f(10, "after a rollback, data resumes this many global batches past the onset's batch",

@@ -111,6 +111,8 @@ BAD = [
     ('[[fault]]\nkind = "missing_op"\nops = ["mm"]\nslowdown = 0.5\n', "fault[0].slowdown", ">= 1"),
     ('[[fault]]\nkind = "lossy_accum"\nprecision = "int4"\n', "fault[0].precision", "int4"),
     ('[[fault]]\nkind = "device_error"\nat_steps = [1]\nseconds = 3\n', "fault[0].seconds", "unknown key"),
+    ('[[fault]]\nkind = "sdc"\nops = ["mm"]\nat_steps = [1]\nranks = []\n', "fault[0].ranks", "non-empty"),
+    ('[[fault]]\nkind = "bad_backward"\nops = ["mm"]\nerror = 0.1\nranks = [-1]\n', "fault[0].ranks", ">= 0"),
     ('[profile\nseed = 0\n', None, "invalid TOML"),
 ]
 
@@ -124,3 +126,13 @@ def test_bad_profile_raises_target_error_naming_file_and_key(tmp_path, text, key
     assert "\n" not in msg and str(path) in msg and why in msg
     if key:
         assert f"{key}:" in msg
+
+
+def test_a_fault_for_some_ranks_exists_only_in_their_processes(tmp_path):
+    """`ranks = [1]`: rank 1's injector schedules the fault, rank 0's (and a single process's) does not."""
+    from turnout.backend.sim_mode import Injector
+
+    prof = load_profile(str(write(tmp_path, '[[fault]]\nkind = "sdc"\nops = ["c10d::allreduce"]\nat_steps = [3]\n'
+                                               'ranks = [1]\n')))
+    assert prof.faults[0].ranks == (1,)
+    assert Injector(prof, "sim:x", rank=1).schedule.faults and not Injector(prof, "sim:x", rank=0).schedule.faults

@@ -66,3 +66,21 @@ def test_resume_one_rank_to_two(tmp_path, reference):
     assert main(["train", *ARGS, "--out", str(run), "--until", "2"]) == 0
     _train(run, "--resume", nproc=2)
     _close(_metrics(run), reference, range(1, 5))
+
+
+def test_diverged_replicas_are_caught_and_restored(tmp_path, reference):
+    """Rank 1 alone gets a quiet flipped bit in its gradient all_reduce at step 3: losses and norms are all-reduced
+    and cannot show it, the weight checksums do at step 4; the run goes back to step 2 and replays the same data."""
+    prof = tmp_path / "one-rank.toml"
+    prof.write_text('[profile]\ndescription = "rank 1: a quiet bit flip in its all_reduce result at step 3"\n'
+                    '[[fault]]\nkind = "sdc"\nops = ["c10d::allreduce"]\nat_steps = [3]\nbit = 22\nranks = [1]\n')
+    run = tmp_path / "run"
+    _train(run, "--set", "train.parallel='ddp'", "--set", "health.replica_check_interval=2", "--target",
+           f"sim:{prof}", nproc=2)
+    ev = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    seen = [(e["kind"], e["step"]) for e in ev if e["kind"] in ("sdc", "rollback", "checkpoint", "end", "skip_batches")]
+    assert seen == [("checkpoint", 2), ("sdc", 4), ("rollback", 5), ("checkpoint", 4), ("end", 4)]
+    sdc = next(e for e in ev if e["kind"] == "sdc")
+    assert sdc["classification"] == "replica" and sdc["ranks"] == [0, 1] and len(set(sdc["checksums"])) == 2
+    assert next(e for e in ev if e["kind"] == "rollback")["to_step"] == 2
+    _close(_metrics(run), reference, range(1, 5))  # the replayed steps are clean: as one process computes them

@@ -13,6 +13,7 @@ on the calling thread) and nothing done here records a graph.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -51,18 +52,20 @@ class _Plan:
 class Injector:
     """Fault state and records for one SimBackend; `mode()` gives a dispatch mode that applies them."""
 
-    def __init__(self, profile: Profile, target: str):
+    def __init__(self, profile: Profile, target: str, rank: int | None = None):
         self.profile = profile
         self.target = target  # the spec string, e.g. "sim:flaky", used in error messages
-        self.schedule = Schedule(profile.faults, profile.seed)
+        self.rank = int(os.environ.get("RANK", "0")) if rank is None else rank  # torchrun's, for `ranks = [..]`
+        faults = [f for f in profile.faults if not f.ranks or self.rank in f.ranks]
+        self.schedule = Schedule(tuple(faults), profile.seed)
         self.record = Recorder()
         self.unsupported = {DTYPES[d]: d for d in profile.unsupported_dtypes}
         self._unsupported_set = frozenset(self.unsupported)
         self._pick = random.Random(profile.seed + 0x5DC)  # which element an sdc hits; apart from rate draws
         self._jitter = {f.index: UlpJitter(profile.seed + 1 + f.index, f.ulps)
-                        for f in profile.faults if f.kind == "nondeterministic"}
+                        for f in faults if f.kind == "nondeterministic"}
         self._by_op: dict[str, list[Fault]] = {}
-        for f in profile.faults:
+        for f in faults:
             for op in f.ops:
                 self._by_op.setdefault(op, []).append(f)
         self.plans: dict[Any, _Plan | None] = {}  # OpOverload -> plan (None: run untouched)

@@ -17,6 +17,8 @@ Schema (top level: one optional `[profile]` table and any number of `[[fault]]` 
       device_error      trigger, ops (default: any op)
       hang              trigger, seconds, ops (default: any op), error_after (default false: true raises
                         SimDeviceError once the hang ends, as a timed-out collective would)
+    every kind also takes ranks = [..] (default: every rank): the fault exists only in these ranks' processes
+    (RANK under torchrun; 0 in a single process), e.g. one replica's corrupted all_reduce result.
     trigger: exactly one of
       at_steps = [..]   fire at these steps
       every = K         fire at from_step, from_step+K, ... up to until_step
@@ -55,13 +57,13 @@ _TRIGGER_KEYS = {"at_steps": list, "every": int, "rate": float, "call": int, "re
                  "until_step": int}
 #: per kind: allowed keys -> expected type (float accepts ints); `kind` itself is implied
 _KEYS: dict[str, dict[str, type]] = {
-    "lossy_accum": {"ops": list, "precision": str},
-    "bad_backward": {"ops": list, "error": float},
-    "missing_op": {"ops": list, "fallback": bool, "slowdown": float},
-    "nondeterministic": {"ops": list, "ulps": int},
-    "sdc": {"ops": list, "bit": int, **_TRIGGER_KEYS},
-    "device_error": {"ops": list, **_TRIGGER_KEYS},
-    "hang": {"ops": list, "seconds": float, "error_after": bool, **_TRIGGER_KEYS},
+    "lossy_accum": {"ops": list, "precision": str, "ranks": list},
+    "bad_backward": {"ops": list, "error": float, "ranks": list},
+    "missing_op": {"ops": list, "fallback": bool, "slowdown": float, "ranks": list},
+    "nondeterministic": {"ops": list, "ulps": int, "ranks": list},
+    "sdc": {"ops": list, "bit": int, "ranks": list, **_TRIGGER_KEYS},
+    "device_error": {"ops": list, "ranks": list, **_TRIGGER_KEYS},
+    "hang": {"ops": list, "seconds": float, "error_after": bool, "ranks": list, **_TRIGGER_KEYS},
 }
 _REQUIRED = {"bad_backward": ("ops", "error"), "missing_op": ("ops",), "nondeterministic": ("ops",),
              "sdc": ("ops",), "hang": ("seconds",)}
@@ -90,6 +92,7 @@ class Fault:
     repeat: bool = False
     from_step: int = 0
     until_step: int | None = None
+    ranks: tuple[int, ...] = ()  # empty: every rank
 
     @property
     def label(self) -> str:
@@ -241,6 +244,11 @@ def _fault(where: str, i: int, raw: dict) -> Fault:
             args[key] = float(args[key])
     if "at_steps" in args:
         args["at_steps"] = tuple(args["at_steps"])
+    if "ranks" in args:
+        ranks = args["ranks"]
+        if not ranks or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in ranks):
+            _fail(where, f"{at}.ranks", f"expected a non-empty list of integers >= 0, got {ranks!r}")
+        args["ranks"] = tuple(ranks)
     return Fault(kind=kind, index=i, **args)
 
 

@@ -28,6 +28,7 @@ from turnout.train.events import EventLog, JsonlWriter
 from turnout.train.heal import Healer
 from turnout.train.health import EXIT_HANG, RunUnrecoverable, TargetUntrusted
 from turnout.train.progress import RunProgress
+from turnout.train.replicas import ReplicaCheck
 from turnout.train.schedule import lr_at
 from turnout.train.step import StepResult
 from turnout.train.watchdog import Watchdog
@@ -67,6 +68,11 @@ class Trainer:
         self.val_loss: float | None = None
         self.last: StepResult | None = None
         self.healer = Healer(built.runner, config.health, self.events, sharded=built.runner.sharded)
+        h = config.health
+        self.replicas = (ReplicaCheck(list(built.model.parameters()), built.backend, self.info.world_size,
+                                      h.replica_check_interval, self.events, self.healer.policy)
+                         if h.enabled and h.replica_check_interval and self.info.world_size > 1
+                         and not built.runner.sharded else None)  # DDP: every rank holds a full replica
         self.rollbacks: list[dict] = []  # {"onset", "to_step"} of every rollback so far
         self.expected: dict[int, float] = {}  # losses another target recorded past our checkpoint (failover check)
         self.checked: list[tuple[int, float, float, float]] = []  # (step, loss, loss before, relative difference)
@@ -103,7 +109,11 @@ class Trainer:
                                "rollbacks": self.rollbacks, "health": self.healer.monitor.state(),
                                "trust": {self.b.backend.name: self.healer.policy.state()}})
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Write a checkpoint; None when the replicas disagree instead (the run went back to the last one)."""
+        if self.replicas and self.replicas.agreed_at != self.step and self.replicas.diverged(self.step):
+            self.restore_replicas()
+            return None
         t0 = time.time()
         folder = self.ckpt.save(self.b.model, self.b.optimizer, self.manifest())
         self.events.emit("checkpoint", self.step, f"saved {folder.name}", path=str(folder),
@@ -141,11 +151,22 @@ class Trainer:
         self.step = step
         self.record(outcome.result, lr, loads, time.perf_counter() - t0)
         self.check_after_failover(outcome.result)
+        if self.replicas and self.replicas.due(step) and self.replicas.diverged(step):
+            self.restore_replicas()
+            return None
         return outcome.result
 
-    def rollback(self, onset: int, reason: str) -> None:
+    def restore_replicas(self) -> None:
+        """After replicas diverged: back to the newest checkpoint (saved only when they agreed), same data."""
+        if latest_checkpoint(self.run_dir, before_step=self.step + 1) is None:
+            raise TargetUntrusted(f"data-parallel replicas diverged by step {self.step}, before any checkpoint: no "
+                                  f"state they agreed on to go back to", "sdc")
+        self.rollback(self.step + 1, "data-parallel replicas diverged", skip_data=False)
+
+    def rollback(self, onset: int, reason: str, skip_data: bool = True) -> None:
         """Back to the newest good checkpoint before `onset`; skip the data from the onset's batch on (PaLM skipped
-        the batches seen before and during a spike); cut the LR when the problem recurs at the same place."""
+        the batches seen before and during a spike); cut the LR when the problem recurs at the same place.
+        `skip_data=False` (the data is not to blame, e.g. diverged replicas): replay the same batches, same LR."""
         h = self.config.health
         if len(self.rollbacks) >= h.max_rollbacks:
             raise RunUnrecoverable(f"step {onset}: {reason}; {len(self.rollbacks)} rollbacks already (health."
@@ -155,12 +176,13 @@ class Trainer:
             raise RunUnrecoverable(f"step {onset}: {reason}; no checkpoint before it to roll back to")
         m = self.ckpt.load(folder, self.b.model, self.b.optimizer)
         near = max(self.config.ckpt.interval, h.skip_batches, 1)
-        recurs = any(abs(r["onset"] - onset) <= near for r in self.rollbacks)
-        self.rollbacks.append({"onset": onset, "to_step": m.step})
+        recurs = skip_data and any(abs(r["onset"] - onset) <= near for r in self.rollbacks if r.get("skip", True))
+        self.rollbacks.append({"onset": onset, "to_step": m.step, "skip": skip_data})
         self.events.emit("rollback", onset, f"{reason}; rolled back to {folder.name}", to_step=m.step,
                          from_step=self.step + 1, path=str(folder))
         onset_index = self.batch_index.get(onset, m.samples)
-        resume_at = max(m.samples, onset_index + h.skip_batches * self.config.train.batch_size)
+        resume_at = max(m.samples, onset_index + h.skip_batches * self.config.train.batch_size) if skip_data \
+            else m.samples
         self.step = m.step
         self.sampler.load_state_dict({"index": resume_at})
         self.batch_index = {}
@@ -266,15 +288,18 @@ class Trainer:
         if self.config.health.enabled:
             self.watchdog.start()
         try:
-            while self.step < stop:
-                self.train_step()
-                if t.eval_interval and self.step % t.eval_interval == 0 and self.step < t.steps:
-                    self.evaluate()
-                if c.interval and self.step % c.interval == 0 and self.step < stop:
-                    self.save()
-            self.evaluate()
-            if not list_checkpoints(self.run_dir) or list_checkpoints(self.run_dir)[-1][0] != self.step:
-                self.save()
+            while True:
+                while self.step < stop:
+                    if self.train_step() is None:
+                        continue  # rolled back: the checkpoint it went back to is already on disk
+                    if t.eval_interval and self.step % t.eval_interval == 0 and self.step < t.steps:
+                        self.evaluate()
+                    if c.interval and self.step % c.interval == 0 and self.step < stop:
+                        self.save()
+                self.evaluate()
+                saved = list_checkpoints(self.run_dir)
+                if (saved and saved[-1][0] == self.step) or self.save() is not None:
+                    break  # else the replicas disagreed and the run went back: train to the end again
             self.ckpt.wait()
         except TargetUntrusted as e:
             self.events.emit("untrusted", self.step + 1, f"{self.b.backend.name} is no longer trusted: {e}",

@@ -60,6 +60,16 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
+def bit_sum(tensors, device: torch.device) -> torch.Tensor:
+    """The sum of the tensors' bit patterns read as integers, a one-element int64 tensor on `device`: a flipped bit
+    anywhere changes it (losses and norms can hide one in a low mantissa bit)."""
+    total = torch.zeros(1, dtype=torch.int64, device=device)
+    for t in tensors:
+        t = _local(t).detach().contiguous()
+        total += t.view(_INT_OF_SIZE[t.element_size()]).sum(dtype=torch.int64)
+    return total
+
+
 class StepRunner:
     """Runs compute/apply for a (possibly wrapped) model on one backend."""
 
@@ -118,13 +128,8 @@ class StepRunner:
     def grad_checksum(self) -> int:
         """A bit-level fingerprint of the current gradients: the sum of their bit patterns read as integers (over
         ranks). A flipped bit anywhere changes it; losses and norms can hide a flip in a low mantissa bit."""
-        total = torch.zeros((), dtype=torch.int64, device=self.backend.device())
         with self.backend.compute():
-            for _, params in self.groups:
-                for p in params:
-                    if p.grad is not None:
-                        g = _local(p.grad).detach().contiguous()
-                        total += g.view(_INT_OF_SIZE[g.element_size()]).sum(dtype=torch.int64)
+            total = bit_sum((p.grad for _, ps in self.groups for p in ps if p.grad is not None), self.backend.device())
         if self.world > 1:
             dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return int(total)
