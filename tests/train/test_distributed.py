@@ -83,4 +83,5 @@ def test_diverged_replicas_are_caught_and_restored(tmp_path, reference):
     sdc = next(e for e in ev if e["kind"] == "sdc")
     assert sdc["classification"] == "replica" and sdc["ranks"] == [0, 1] and len(set(sdc["checksums"])) == 2
     assert next(e for e in ev if e["kind"] == "rollback")["to_step"] == 2
+    assert [(e["step"], e["rank"], e["op"]) for e in ev if e["kind"] == "injected"] == [(3, 1, "c10d::allreduce")]
     _close(_metrics(run), reference, range(1, 5))  # the replayed steps are clean: as one process computes them

@@ -31,6 +31,7 @@ from turnout.train.progress import RunProgress
 from turnout.train.replicas import ReplicaCheck
 from turnout.train.schedule import lr_at
 from turnout.train.step import StepResult
+from turnout.train.truth import GroundTruth
 from turnout.train.watchdog import Watchdog
 
 
@@ -78,8 +79,7 @@ class Trainer:
         self.checked: list[tuple[int, float, float, float]] = []  # (step, loss, loss before, relative difference)
         self.batch_index: dict[int, int] = {}  # step -> global sample index its batch started at (recent steps)
         self.watchdog = Watchdog(config.health, self._on_hang)
-        self._injections_seen = 0  # how many of an emulated target's injection records are already in events.jsonl
-        self._fallback_ops: set[str] = set()
+        self.truth = GroundTruth(built.backend, self.events, self.run_dir, self.info)
 
     # ---- position ------------------------------------------------------------------------------------
     def resume_from(self, folder: Path) -> Manifest:
@@ -147,7 +147,7 @@ class Trainer:
             loads = self.b.runner.apply(outcome.result, lr)
         finally:
             self.watchdog.end()
-            self.drain_injections()
+            self.truth.drain()
         self.step = step
         self.record(outcome.result, lr, loads, time.perf_counter() - t0)
         self.check_after_failover(outcome.result)
@@ -214,26 +214,9 @@ class Trainer:
                              compared=[{"step": c[0], "loss": c[1], "before": c[2]} for c in self.checked])
             self.expected = {}
 
-    def drain_injections(self) -> None:
-        """Copy an emulated target's ground truth (one-off faults it injected, first host fallback of each op) into
-        events.jsonl as `injected` / `fallback_op` events, so detections can be matched to what really happened."""
-        records = getattr(self.b.backend, "events", None)
-        if not isinstance(records, list) or len(records) <= self._injections_seen:
-            return
-        new, self._injections_seen = records[self._injections_seen:], len(records)
-        for r in new:
-            kind, step = r.get("kind"), r.get("step") or 0
-            if kind in ("sdc", "device_error", "hang", "missing_op"):
-                self.events.write({"step": step, "time": r["time"], "kind": "injected", "target": self.b.backend.name,
-                                   "detail": r.get("detail", ""), "fault": kind, "op": r.get("op")})
-            elif kind == "fallback" and r.get("op") not in self._fallback_ops:
-                self._fallback_ops.add(r.get("op"))
-                self.events.write({"step": step, "time": r["time"], "kind": "fallback_op",
-                                   "target": self.b.backend.name, "detail": r.get("detail", ""), "op": r.get("op")})
-
     def _on_hang(self, label: str, step: int, elapsed: float, limit: float) -> None:
         """Watchdog thread: a step never returned. Record it and end the process for the supervisor."""
-        self.drain_injections()
+        self.truth.drain()
         self.events.emit("hang", step, f"{label} {step} has not returned after {elapsed:.1f} s (timeout {limit:.1f} s)",
                          elapsed=elapsed, timeout=limit)
         self.progress.close()
