@@ -78,9 +78,12 @@ def test_corrupted_gradient_all_reduce_is_caught_and_the_run_fails_over(tmp_path
     assert r.returncode == 86, r.stderr[-2000:]
     said = [x for x in r.stderr.splitlines() if x.startswith("turnout train:")]
     assert len(said) == 1 and "no longer trusted" in said[0] and "Traceback" not in r.stderr
+    assert "train with --fallback" in said[0]
     run = tmp_path / "run"
     r = _turnout("train", *BASE, *ddp, "--out", str(run), "--fallback", "cpu")
     assert r.returncode == 0, r.stderr[-2000:]
+    said = [x for x in r.stderr.splitlines() if x.startswith("turnout train:")]
+    assert len(said) == 1 and said[0].endswith("the supervisor moves the run")  # no advice to do its job
     injected = _events(run, "injected")
     assert sorted((e["step"], e["rank"]) for e in injected) == [(1, 0), (1, 1), (2, 0), (2, 1)]  # every rank's
     assert {e["op"] for e in injected} == {"c10d::allreduce"}

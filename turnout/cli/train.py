@@ -95,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc > 1:
         return _launch_torchrun(args)
     from turnout.train import train
+    from turnout.failover.supervisor import SUPERVISED_ENV
+    from turnout.train.dist import shutdown_distributed
     from turnout.train.health import EXIT_UNRECOVERABLE, EXIT_UNTRUSTED, RunUnrecoverable, TargetUntrusted
 
     target = args.target
@@ -105,13 +107,16 @@ def run(args: argparse.Namespace) -> int:
         result = train(config, target, args.out, resume=args.resume, until=args.until)
     except TargetUntrusted as e:  # every rank decides alike (losses and norms are all-reduced): rank 0 says it
         if int(os.environ.get("RANK", "0")) == 0:
-            print(f"turnout train: {target or 'the target'} is no longer trusted: {e}; resume elsewhere with "
-                  f"--resume --target SPEC, or train with --fallback", file=sys.stderr)
+            advice = ("the supervisor moves the run" if os.environ.get(SUPERVISED_ENV) else
+                      "resume elsewhere with --resume --target SPEC, or train with --fallback")
+            print(f"turnout train: {target or 'the target'} is no longer trusted: {e}; {advice}", file=sys.stderr)
         return EXIT_UNTRUSTED
     except RunUnrecoverable as e:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"turnout train: cannot continue: {e}", file=sys.stderr)
         return EXIT_UNRECOVERABLE
+    finally:  # this process owns the rank: leave the group before exiting (gloo's threads abort a live one)
+        shutdown_distributed()
     if args.sample and int(os.environ.get("RANK", "0")) == 0:
         from turnout.ckpt.restore import load_model
         from turnout.data import Tokenizer

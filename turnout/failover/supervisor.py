@@ -33,6 +33,7 @@ from turnout.train.events import EventLog
 from turnout.train.launch import command as launch_command
 
 STOP_KINDS = ("untrusted", "hang", "unrecoverable")
+SUPERVISED_ENV = "TURNOUT_SUPERVISED"  # set for workers: what to do next is the supervisor's call, not the user's
 
 
 @dataclass
@@ -98,7 +99,7 @@ class Supervisor:
     def run_worker(self, target: str, resume: bool) -> WorkerExit:
         """Start one worker (group) and wait; a SIGINT/SIGTERM to the supervisor is passed on."""
         t0 = time.time()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **{SUPERVISED_ENV: "1"})
         self.worker = subprocess.Popen(self.command(target, resume), env=env, start_new_session=True)
         (self.run_dir / "worker.pid").write_text(str(self.worker.pid))
         try:
