@@ -74,7 +74,7 @@ class Trainer:
                                       h.replica_check_interval, self.events, self.healer.policy)
                          if h.enabled and h.replica_check_interval and self.info.world_size > 1
                          and not built.runner.sharded else None)  # DDP: every rank holds a full replica
-        self.rollbacks: list[dict] = []  # {"onset", "to_step"} of every rollback so far
+        self.rollbacks: list[dict] = []  # {"onset", "to_step", "skip" (data skipped)} of every rollback so far
         self.expected: dict[int, float] = {}  # losses another target recorded past our checkpoint (failover check)
         self.checked: list[tuple[int, float, float, float]] = []  # (step, loss, loss before, relative difference)
         self.batch_index: dict[int, int] = {}  # step -> global sample index its batch started at (recent steps)
