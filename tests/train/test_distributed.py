@@ -85,3 +85,18 @@ def test_diverged_replicas_are_caught_and_restored(tmp_path, reference):
     assert next(e for e in ev if e["kind"] == "rollback")["to_step"] == 2
     assert [(e["step"], e["rank"], e["op"]) for e in ev if e["kind"] == "injected"] == [(3, 1, "c10d::allreduce")]
     _close(_metrics(run), reference, range(1, 5))  # the replayed steps are clean: as one process computes them
+
+
+def test_a_device_error_one_rank_alone_sees_is_in_the_events(tmp_path, reference):
+    """Rank 1 loses its device at the start of step 3 and retries in place (before any collective: the group stays
+    in step). Rank 0 never sees it, yet events.jsonl records it, tagged with rank 1, beside its ground truth."""
+    prof = tmp_path / "rank1.toml"
+    prof.write_text('[profile]\ndescription = "rank 1 loses its device at step 3"\n'
+                    '[[fault]]\nkind = "device_error"\nat_steps = [3]\nranks = [1]\n')
+    run = tmp_path / "run"
+    _train(run, "--set", "train.parallel='ddp'", "--target", f"sim:{prof}", nproc=2)
+    ev = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["rank"]) for e in ev if e["kind"] == "device_error"] == [(3, 1)]
+    assert [(e["step"], e["rank"]) for e in ev if e["kind"] == "injected"] == [(3, 1)]
+    assert all(e.get("rank", 0) == 0 or e["kind"] in ("device_error", "injected") for e in ev)
+    _close(_metrics(run), reference, range(1, 5))

@@ -46,18 +46,29 @@ class JsonlWriter:
             self._f = None
 
 
-class EventLog(JsonlWriter):
-    """`RUN/events.jsonl`: every notable thing that happened, with its evidence."""
+#: what one rank can see alone; every other event follows all-reduced numbers, so rank 0 writes it for all
+RANK_LOCAL_KINDS = frozenset({"device_error"})
 
-    def __init__(self, path: Path, target: str, enabled: bool = True, echo=None):
+
+class EventLog(JsonlWriter):
+    """`RUN/events.jsonl`: every notable thing that happened, with its evidence.
+
+    Rank 0 writes every event. With `rank` set (another rank of a multi-rank run) only RANK_LOCAL_KINDS are
+    written, tagged with the rank; appends of single short lines from several processes do not interleave."""
+
+    def __init__(self, path: Path, target: str, enabled: bool = True, echo=None, rank: int | None = None):
         super().__init__(path, enabled)
         self.target = target
         self.echo = echo  # callable(str) that shows events to a person, e.g. the progress display
+        self.rank = rank
 
     def emit(self, kind: str, step: int, detail: str, **evidence: Any) -> dict:
         event = {"step": step, "time": time.time(), "kind": kind, "target": evidence.pop("target", self.target),
                  "detail": detail, **evidence}
-        self.write(event)
+        if self.rank is None:
+            self.write(event)
+        elif kind in RANK_LOCAL_KINDS:
+            self.write({**event, "rank": self.rank})
         if self.echo is not None and self.enabled:
             self.echo(f"[{kind}] step {step}: {detail}")
         return event

@@ -56,8 +56,9 @@ class Trainer:
         main = self.info.is_main
         self.progress = RunProgress(config.train.steps, 0, enabled=main and log is not None,
                                     every=config.train.log_interval)
-        self.events = EventLog(self.run_dir / "events.jsonl", built.backend.name, enabled=main,
-                               echo=self.progress.log if log is not None else None)
+        self.events = EventLog(self.run_dir / "events.jsonl", built.backend.name, enabled=True,
+                               echo=self.progress.log if log is not None and main else None,
+                               rank=None if main else self.info.rank)  # other ranks: what they alone see
         self.metrics = JsonlWriter(self.run_dir / "metrics.jsonl", enabled=main)
         self.ckpt = Checkpointer(self.run_dir, keep=config.ckpt.keep, async_save=config.ckpt.async_save,
                                  attach={"tokenizer.json": dataset.path / "tokenizer.json"})
@@ -79,7 +80,7 @@ class Trainer:
         self.checked: list[tuple[int, float, float, float]] = []  # (step, loss, loss before, relative difference)
         self.batch_index: dict[int, int] = {}  # step -> global sample index its batch started at (recent steps)
         self.watchdog = Watchdog(config.health, self._on_hang)
-        self.truth = GroundTruth(built.backend, self.events, self.run_dir, self.info)
+        self.truth = GroundTruth(built.backend, self.events, self.info)
 
     # ---- position ------------------------------------------------------------------------------------
     def resume_from(self, folder: Path) -> Manifest:

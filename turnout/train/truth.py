@@ -8,8 +8,6 @@ are short single appends, so ranks writing to the same file do not interleave.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from turnout.backend import Backend
 from turnout.train.dist import DistInfo
 from turnout.train.events import JsonlWriter
@@ -18,10 +16,9 @@ from turnout.train.events import JsonlWriter
 class GroundTruth:
     """Copies a backend's new injection records into the run's events (no-op for a real target)."""
 
-    def __init__(self, backend: Backend, events: JsonlWriter, run_dir: Path, info: DistInfo):
+    def __init__(self, backend: Backend, events: JsonlWriter, info: DistInfo):
         self.backend = backend
-        emulated = isinstance(getattr(backend, "events", None), list)
-        self.out = events if info.is_main else JsonlWriter(Path(run_dir) / "events.jsonl", enabled=emulated)
+        self.out = events  # the run's events.jsonl, open on every rank
         self.rank = {"rank": info.rank} if info.world_size > 1 else {}
         self.seen = 0  # records already copied
         self.fallback_ops: set[str] = set()  # a host fallback is reported once per op
