@@ -40,9 +40,21 @@ def init_distributed(backend: Backend, timeout_s: float = 600.0) -> DistInfo:
     return DistInfo(rank, world, local)
 
 
+LEAVE_WAIT_S = 120  # how long a rank waits for the others before leaving the group anyway
+
+
 def shutdown_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group, after waiting (bounded) for every rank to get here. torchrun ends the ranks still
+    running as soon as one exits with an error code, so a rank that left first would cut rank 0 off while it
+    writes the report and says why the run stopped. A peer that died or hangs costs at most LEAVE_WAIT_S."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_world_size() > 1:
+        try:
+            dist.barrier(async_op=True).wait(timeout=datetime.timedelta(seconds=LEAVE_WAIT_S))
+        except Exception:  # noqa: BLE001 -- a broken group is exactly when not to wait; leave it
+            pass
+    dist.destroy_process_group()
 
 
 def wrap_model(model: torch.nn.Module, parallel: str, info: DistInfo, backend: Backend) -> torch.nn.Module:
