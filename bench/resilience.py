@@ -26,7 +26,7 @@ from turnout.config import load_config
 from turnout.data.sampler import GlobalSampler
 from turnout.model.transformer import Transformer
 from turnout.train import train
-from turnout.train.report_data import summarize_run
+from turnout.report.run_data import summarize_run
 from turnout.train.step import StepResult
 
 BASE = ["model.preset='debug'", "train.batch_size=4", "train.seq_len=32", "train.warmup_steps=2",

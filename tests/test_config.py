@@ -1,3 +1,5 @@
+import importlib.machinery
+import importlib.util
 import subprocess
 import sys
 
@@ -31,12 +33,47 @@ def test_shipped_configs_load():
     (["ckpt.async_save=1"], "ckpt.async_save", "true or false"),
     (["train.batch_size=6", "train.grad_accum=4"], "train.batch_size", "divisible"),
     (["train.lr"], "--set train.lr", "section.key=value"),
+    (["train.log_to=['wandb']"], "train.log_to", "each one of tensorboard"),
+    (["train.log_to=tensorboard"], "train.log_to", "a list"),
 ])
 def test_errors_name_the_key(override, key, fragment):
     with pytest.raises(ConfigError) as e:
         load_config(None, override)
     msg = str(e.value)
     assert msg.startswith(key) and fragment in msg and "\n" not in msg
+
+
+def _tensorboard_installed(monkeypatch, installed: bool) -> None:
+    """Make the config's package check see tensorboard as installed or not, whatever this machine has."""
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        if name != "tensorboard":
+            return real(name, *args)
+        return importlib.machinery.ModuleSpec(name, None) if installed else None
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+
+
+def test_log_to_from_set_and_toml_round_trips(tmp_path, monkeypatch):
+    _tensorboard_installed(monkeypatch, True)
+    assert load_config().train.log_to == []
+    cfg = load_config(None, ['train.log_to=["tensorboard"]'])
+    assert cfg.train.log_to == ["tensorboard"]
+    p = tmp_path / "c.toml"
+    p.write_text(to_toml(cfg))
+    assert 'log_to = ["tensorboard"]' in p.read_text() and load_config(p) == cfg
+    p.write_text('[train]\nlog_to = ["tensorboard"]\n')
+    assert load_config(p).train.log_to == ["tensorboard"]
+
+
+def test_log_to_tensorboard_without_the_package_names_the_key_and_the_fix(monkeypatch):
+    _tensorboard_installed(monkeypatch, False)
+    assert load_config().train.log_to == []  # only asking for the sink needs the package
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ['train.log_to=["tensorboard"]'])
+    msg = str(e.value)
+    assert msg.startswith("train.log_to") and "pip install 'turnout[tensorboard]'" in msg and "\n" not in msg
 
 
 def test_int_accepted_for_float_and_bad_toml(tmp_path):

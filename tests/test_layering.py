@@ -1,4 +1,5 @@
-"""The package's import layering: config -> backend -> model -> data -> ckpt -> train -> qualify/failover -> serve -> cli.
+"""The package's import layering: config/atomic/errors -> report -> backend -> model -> data -> ckpt -> train ->
+qualify/failover -> serve -> cli.
 
 A module may import only turnout modules at its own layer or earlier ones (modules in the same subpackage are
 free to import each other); qualify and failover are siblings and may not import each other.
@@ -13,15 +14,17 @@ ROOT = Path(__file__).resolve().parents[1] / "turnout"
 LAYERS = {
     "config": 0,
     "atomic": 0,
-    "backend": 1,
-    "model": 2,
-    "data": 3,
-    "ckpt": 4,
-    "train": 5,
-    "qualify": 6,
-    "failover": 6,
-    "serve": 7,
-    "cli": 8,
+    "errors": 0,
+    "report": 1,  # the run record: run-folder names, JSONL, charts, pages; everything above may write or read it
+    "backend": 2,
+    "model": 3,
+    "data": 4,
+    "ckpt": 5,
+    "train": 6,
+    "qualify": 7,
+    "failover": 7,
+    "serve": 8,
+    "cli": 9,
 }
 
 

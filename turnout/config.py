@@ -8,6 +8,7 @@ overrides and validates everything once; any problem raises `ConfigError` whose 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import tomllib
 from dataclasses import dataclass, field
@@ -21,7 +22,9 @@ class ConfigError(ValueError):
 
 def _f(default: Any, doc: str, *, choices: tuple | None = None, lo: float | None = None,
        hi: float | None = None, lo_open: bool = False) -> Any:
-    """A config field: default, one line of doc, optional choices or numeric range [lo, hi] (lo open if lo_open)."""
+    """A config field: default, one line of doc, optional choices or numeric range [lo, hi] (lo open if lo_open).
+
+    On a list field, choices constrain each item."""
     meta = {"doc": doc, "choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
@@ -70,6 +73,8 @@ class TrainSection:
     eval_batches: int = _f(4, "batches averaged per held-out evaluation", lo=1)
     log_interval: int = _f(10, "steps between progress lines when not on a terminal (metrics are written every step)",
                            lo=1)
+    log_to: list[str] = _f([], "extra metric sinks besides metrics.jsonl: \"tensorboard\" writes RUN/tensorboard/ "
+                           "event files", choices=("tensorboard",))
 
 
 @dataclass
@@ -145,7 +150,8 @@ def _section_types() -> dict[str, type]:
 
 def _describe(meta: dict, typ: type) -> str:
     if meta.get("choices"):
-        return "one of " + ", ".join(map(str, meta["choices"]))
+        allowed = "one of " + ", ".join(map(str, meta["choices"]))
+        return f"a list whose items are each {allowed}" if typ is list else allowed
     name = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
             list: "a list", dict: "a table"}.get(typ, typ.__name__)
     lo, hi = meta.get("lo"), meta.get("hi")
@@ -172,7 +178,7 @@ def _check_value(key: str, value: Any, typ: type, meta: dict) -> Any:
     if not ok:
         raise ConfigError(f"{key}: expected {want}, got {value!r}")
     choices = meta.get("choices")
-    if choices and value not in choices:
+    if choices and (any(v not in choices for v in value) if origin is list else value not in choices):
         raise ConfigError(f"{key}: expected {want}, got {value!r}")
     lo, hi = meta.get("lo"), meta.get("hi")
     if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
@@ -220,6 +226,10 @@ def _cross_check(cfg: Config) -> None:
             raise ConfigError(f"model.overrides.{key}: not a field name")
         if not isinstance(value, (bool, int, float, str, type(None))):
             raise ConfigError(f"model.overrides.{key}: expected a scalar, got {value!r}")
+    # checked here, not when the sink is built, so a run without the optional package fails before it starts
+    if "tensorboard" in t.log_to and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("train.log_to: \"tensorboard\" needs the tensorboard package, which is not installed: "
+                          "pip install 'turnout[tensorboard]'")
 
 
 def parse_value(text: str) -> Any:
@@ -292,7 +302,7 @@ def _toml_value(v: Any) -> str:
 
 
 def describe_fields() -> list[tuple[str, Any, str]]:
-    """(key, default, doc) for every field, for `turnout config --help`-style listings and docs."""
+    """(key, default, doc) for every field, for documenting the config file and its `--set section.key=value` keys."""
     out = []
     for name, cls in _section_types().items():
         for f in dataclasses.fields(cls):

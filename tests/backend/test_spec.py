@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from turnout.backend import TargetError, parse_spec
+from turnout.backend import TargetError, canonical_spec, parse_spec
 
 
 @pytest.mark.parametrize("text, device, dtype, profile", [
@@ -21,7 +21,7 @@ from turnout.backend import TargetError, parse_spec
 def test_good_specs(text, device, dtype, profile):
     s = parse_spec(text)
     assert (s.device, s.dtype, s.profile) == (device, dtype, profile)
-    assert parse_spec(str(s)) == s
+    assert parse_spec(str(s)) == s and canonical_spec(f" {text} ") == str(s)
 
 
 def test_torch_dtype():

@@ -1,6 +1,7 @@
 import torch
 
-from turnout.ckpt import Checkpointer, CheckpointError, Manifest, latest_checkpoint, list_checkpoints, verify
+from turnout.ckpt import Checkpointer, Manifest, latest_checkpoint, list_checkpoints, verify
+from turnout.errors import CheckpointError
 
 
 def _model():

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -62,17 +63,36 @@ def test_demo_tells_the_story(demo):
     assert (out / "hf" / "config.json").is_file() and "report: " in stdout
 
 
+def _screenshot(chromium: str, page: Path, png: Path) -> np.ndarray:
+    """A full-width screenshot of `page` as an RGB(A) array."""
+    import matplotlib.image
+
+    r = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                        "--no-first-run", f"--user-data-dir={png.parent / 'chromium-profile'}",
+                        "--window-size=1100,2400", f"--screenshot={png}", page.resolve().as_uri()],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and png.is_file(), r.stderr[-1000:]
+    return matplotlib.image.imread(png)
+
+
 def test_reports_render_in_chromium(demo, tmp_path):
     chromium = _chromium()
     if chromium is None:
         pytest.skip("Debian's chromium is not installed and could not be installed (apt-get failed)")
     out, _ = demo
-    index = _render(chromium, out / "index.html", tmp_path)
+    pages = {"index": (out / "index.html", 1), "run": (out / "run" / "report.html", 8),
+             "qualify": (out / "qualify-sim-flaky" / "report.html", 5)}
+    dom = {}
+    for name, (page, charts) in pages.items():
+        dom[name] = _render(chromium, page, tmp_path)
+        assert dom[name].count('class="turnout-chart"') >= charts, name  # each chart made it into the DOM
+        assert "Could not render" not in dom[name] and "Could not draw" not in dom[name], name
+        shot = _screenshot(chromium, page, tmp_path / f"{name}.png")
+        # A page that laid out its charts has far more than a handful of colours in its first screen.
+        colours = len({tuple(px) for px in (shot[::7, ::7, :3] * 255).astype(int).reshape(-1, 3).tolist()})
+        assert colours > 40, (name, colours)
     for sid in ("qualify", "run", "parity", "serve"):
-        assert f'id="{sid}"' in index
-    assert index.count("<svg") >= 1 and index.count("<table") >= 4 and "PASS" in index
-    run = _render(chromium, out / "run" / "report.html", tmp_path)
-    assert run.count("<svg") >= 4 and 'id="timeline"' in run and "failover" in run
-    qdir = out / "qualify-sim-flaky"
-    q = _render(chromium, qdir / "report.html", tmp_path)
-    assert q.count("<svg") >= 1 and "<table" in q
+        assert f'id="{sid}"' in dom["index"]
+    assert dom["index"].count("<table") >= 4 and "PASS" in dom["index"]
+    assert 'id="timeline"' in dom["run"] and "failover" in dom["run"]
+    assert "<table" in dom["qualify"]

@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from turnout.model import (CheckpointError, ModelArgs, Transformer, from_hf_state_dict, load_pretrained,
+from turnout.errors import CheckpointError
+from turnout.model import (ModelArgs, Transformer, from_hf_state_dict, load_pretrained,
                            save_pretrained, to_hf_state_dict)
 
 from .oracle import hf_model, mtp_logits, randomize_, rel_err, small_args

@@ -1,7 +1,5 @@
 """RMSNorm, YaRN frequencies and the interleaved RoPE layout against references."""
 
-import math
-
 import pytest
 import torch
 

@@ -1,4 +1,4 @@
-"""The report and qualify.json of a finished qualification: self-contained, complete, written atomically."""
+"""The page and qualify.json of a finished qualification: self-contained, complete, written atomically."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import re
 import xml.etree.ElementTree as ET
 
 from tests.qualify.conftest import EAGER
-from turnout.qualify.report import render_report, write_report
+from turnout.report.qualify_page import render_qualify_report as render_report
+from turnout.report.qualify_page import write_qualify_report as write_report
 
 
 def test_report_is_self_contained_and_shows_every_stage(qualified):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from turnout.backend import get_backend
 from turnout.config import load_config
 from turnout.qualify.determinism import determinism
-from turnout.qualify.training import run_curve
+from turnout.qualify.training import run_curve, training_parity
 from turnout.qualify.workload import Settings, Workload, qualify_config
 from turnout.train.build import model_args
 
@@ -56,3 +58,26 @@ def test_a_device_lost_twice_aborts_the_curve(work, tmp_path):
     curve = run_curve(work, lost)
     assert len(curve.loss) == 1 and "step 2 failed twice" in curve.aborted
     assert [i["kind"] for i in curve.incidents] == ["device_error", "device_error"]
+
+
+@pytest.fixture(scope="module")
+def fresh_work(work):
+    """`work` without golden files: the cpu reference's two 3-step runs are computed, never read or stored."""
+    return dataclasses.replace(work, settings=dataclasses.replace(work.settings, use_golden=False))
+
+
+def test_a_device_error_leads_the_training_summary(fresh_work, tmp_path):
+    # every step ran and matched the reference: the band figures are true, but they are not why the stage failed
+    blip = _sim(tmp_path, '[[fault]]\nkind = "device_error"\nat_steps = [2]\n')
+    st = training_parity(fresh_work, blip, get_backend("cpu"), "fp32")
+    assert st.status == "fail" and [f.kind for f in st.findings] == ["device_error"]
+    assert st.summary.startswith("device error at step 2 (its re-run passed); 3 steps; loss within the band at 3 of "
+                                 "3 steps"), st.summary
+
+
+def test_an_incomplete_training_run_quotes_the_band_only_for_steps_that_ran(fresh_work, tmp_path):
+    lost = _sim(tmp_path, '[[fault]]\nkind = "device_error"\nat_steps = [2]\nrepeat = true\n')
+    st = training_parity(fresh_work, lost, get_backend("cpu"), "fp32")
+    assert st.status == "fail" and st.evidence["completed"] == 1
+    assert st.summary.startswith("did not complete: step 2 failed twice: SimDeviceError: "), st.summary
+    assert "; 1 of 3 steps ran; loss within the band at 1 of 1 steps" in st.summary and "3 of 3" not in st.summary

@@ -122,6 +122,7 @@ def test_flaky_is_unfit_device_lost_at_step_25(qualified):
     assert any("device lost during training parity at step 25" in x for x in r["reasons"])
     inc = r["stages"]["training"]["evidence"]["incidents"]
     assert [i["step"] for i in inc] == [25] and inc[0]["retried_ok"]
+    assert r["stages"]["training"]["summary"].startswith("device error at step 25 (its re-run passed); 30 steps;")
     assert r["sim"]["injected"].get("device_error") == 1
 
 

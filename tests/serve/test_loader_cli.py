@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from turnout.backend import TargetError
-from turnout.ckpt import CheckpointError
+from turnout.errors import CheckpointError
 from turnout.model import ModelArgs, Transformer, save_pretrained
 from turnout.serve import Engine, SamplingParams, load_for_serving, model_identity
 
@@ -52,6 +52,14 @@ def test_refusals(random_hf, trained_run, tmp_path):
         load_for_serving(bare, "cpu")
     with pytest.raises(CheckpointError, match="trained on cpu"):
         load_for_serving(trained_run, "cpu", trained_on="sim:healthy")
+    with pytest.raises(TargetError, match="device 'tpu'"):
+        load_for_serving(trained_run, "cpu", trained_on="tpu")
+
+
+def test_serve_refuses_a_bad_trained_on_spec_in_one_line(tmp_path, capsys):
+    assert cli(["serve", "--model", str(tmp_path), "--target", "cpu", "--trained-on", "cpu:int4"]) == 2
+    err = capsys.readouterr().err
+    assert "bad dtype in target 'cpu:int4'" in err and "valid forms" in err and len(err.strip().splitlines()) == 1
 
 
 def test_generate_streams_the_continuation(random_hf, capsys):

@@ -32,3 +32,18 @@ def test_quick_steps_never_fire():
     time.sleep(0.1)
     w.stop()
     assert fired == []
+
+
+def test_a_fixed_timeout_holds_for_every_section():
+    fired = []
+    w = Watchdog(0.1, lambda *a: fired.append(a[:2]), poll_s=0.01)
+    for _ in range(3):
+        w.begin("step", 1)
+        w.end()
+    assert w.timeout() == w.timeout("the compute") == 0.1  # nothing is learned
+    w.start()
+    w.begin("the compute", 4)
+    time.sleep(0.3)
+    w.end()
+    w.stop()
+    assert fired == [("the compute", 4)]

@@ -11,6 +11,8 @@ import importlib.util
 
 import torch
 
+from turnout.errors import one_line
+
 
 def _torch_has(device_type: str) -> bool:
     mod = getattr(torch, device_type, None)
@@ -24,7 +26,7 @@ def npu_present() -> tuple[bool, str]:
     try:
         importlib.import_module("torch_npu")
     except Exception as e:  # noqa: BLE001 - a broken vendor install must not break detection
-        return False, f"importing torch_npu failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        return False, f"importing torch_npu failed: {one_line(e)}"
     try:
         n = torch.npu.device_count()  # type: ignore[attr-defined]
     except Exception as e:  # noqa: BLE001

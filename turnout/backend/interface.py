@@ -16,6 +16,7 @@ import torch
 
 from turnout.backend.spec import DTYPES, TargetSpec
 from turnout.config import Config
+from turnout.errors import one_line
 
 
 class Backend(ABC):
@@ -92,7 +93,7 @@ class Backend(ABC):
             self.synchronize()
             return None if ok else "non-finite result"
         except Exception as e:  # noqa: BLE001 - any failure means the dtype does not run here
-            return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+            return one_line(e, limit=200)
 
     def dtypes(self) -> list[str]:
         """Names of dtypes that really ran here."""
@@ -210,7 +211,10 @@ class Backend(ABC):
 
     # ---- refusal -------------------------------------------------------------------------------------
     def validate(self, config: Config, *, world_size: int = 1, param_count: int | None = None) -> list[str]:
-        """Reasons this target cannot run `config` (empty when it can). Never edits the config."""
+        """Reasons this target cannot run `config` (empty when it can). Never edits the config.
+
+        `param_count` feeds the memory check; the backend layer cannot count a model's parameters, so callers go
+        through turnout.train.build.refusals, which does."""
         reasons = []
         ok, why = self.availability()
         if not ok:

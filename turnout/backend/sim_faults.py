@@ -125,26 +125,47 @@ def scale(t: torch.Tensor, factor: float) -> torch.Tensor:
 
 
 class UlpJitter:
-    """nondeterministic: outputs times (1 + k*eps), k per element in [-ulps, ulps], fresh on every call.
+    """Outputs times (1 + k*eps), k per element uniform in [-ulps, ulps]: the rounding a correct device that
+    orders its reductions differently leaves. The sim's `nondeterministic` fault, and the per-op noise of the
+    qualification's perturbed reference run (qualify/training.py).
 
-    Element 0's k is forced non-zero and different from the previous call's for the same op, so two identical
-    consecutive calls always differ (even for a scalar reduction), as a real non-deterministic reduction may.
+    The factors come from a seeded pool read at a random offset on every call: one multiply per output instead
+    of drawing random numbers for every element of every op (outputs longer than the pool draw fresh ones).
+    With `distinct`, element 0's k is forced non-zero and different from the previous call's for the same op, so
+    two identical consecutive calls always differ (even for a scalar reduction), as a real non-deterministic
+    reduction may.
     """
 
-    def __init__(self, seed: int, ulps: int):
-        self.ulps = ulps
+    POOL = 1 << 22  # factors per dtype
+
+    def __init__(self, seed: int, ulps: int, distinct: bool = True):
+        self.ulps, self.distinct = ulps, distinct
         self.gen = torch.Generator().manual_seed(seed)  # private: the training run's RNG stays untouched
         self.pick = random.Random(seed)
+        self.k = torch.randint(-ulps, ulps + 1, (self.POOL,), generator=self.gen, dtype=torch.int32)
+        self.pools: dict[torch.dtype, torch.Tensor] = {}
         self.last_k0: dict[str, int] = {}
 
-    def __call__(self, t: torch.Tensor, op: str) -> torch.Tensor:
-        u = self.ulps
-        k = torch.randint(-u, u + 1, t.shape, generator=self.gen, dtype=torch.int32)  # shape of t
-        k0 = self.pick.choice([j for j in range(-u, u + 1) if j not in (0, self.last_k0.get(op))])
-        self.last_k0[op] = k0
-        k.view(-1)[0] = k0
-        eps = torch.finfo(t.dtype).eps
-        return t * (1 + k.to(t.dtype) * eps)
+    def __call__(self, t: torch.Tensor, op: str = "") -> torch.Tensor:
+        f = self._factors(t.dtype, t.numel())
+        if self.distinct:
+            u = self.ulps
+            k0 = self.pick.choice([j for j in range(-u, u + 1) if j not in (0, self.last_k0.get(op))])
+            self.last_k0[op] = k0
+            f = f.clone()  # a slice of the pool: never write into it
+            f[0] = 1 + k0 * torch.finfo(t.dtype).eps
+        return t * f.to(t.device).view(t.shape)
+
+    def _factors(self, dtype: torch.dtype, n: int) -> torch.Tensor:
+        eps = torch.finfo(dtype).eps
+        if n > self.POOL:
+            k = torch.randint(-self.ulps, self.ulps + 1, (n,), generator=self.gen, dtype=torch.int32)
+            return 1 + k.to(dtype) * eps
+        pool = self.pools.get(dtype)
+        if pool is None:  # 1 + k eps is exact in the dtype for small k (below 1 the spacing is eps/2)
+            pool = self.pools[dtype] = 1 + self.k.to(dtype) * eps
+        start = self.pick.randrange(self.POOL - n + 1)
+        return pool[start:start + n]
 
 
 def flip_bit(t: torch.Tensor, index: int, bit: int) -> tuple[torch.Tensor, int]:

@@ -44,6 +44,7 @@ from typing import Any
 import torch
 
 from turnout.backend.spec import DTYPES, TargetError
+from turnout.errors import one_line
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 FAULT_KINDS = ("lossy_accum", "bad_backward", "missing_op", "nondeterministic", "sdc", "device_error", "hang")
@@ -157,7 +158,7 @@ def load_profile(ref: str) -> Profile:
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
-        raise TargetError(f"{where}: invalid TOML: {str(e).splitlines()[0]}") from None
+        raise TargetError(f"{where}: invalid TOML: {one_line(str(e))}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise TargetError(f"{where}: cannot read: {e}") from None
     for key in raw:

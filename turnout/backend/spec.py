@@ -61,3 +61,9 @@ def parse_spec(text: str) -> TargetSpec:
     if ":" in rest or rest.lower() not in DTYPES:
         raise TargetError(f"bad dtype in target {s!r}: {rest!r} is not one of {', '.join(DTYPES)}; {_forms()}")
     return TargetSpec(device, rest.lower())
+
+
+def canonical_spec(text: str) -> str:
+    """The one written form of a spec (' CPU:BF16' -> 'cpu:bf16'), for comparing specs written differently;
+    raises TargetError as parse_spec does."""
+    return str(parse_spec(text))

@@ -18,10 +18,10 @@ from typing import Any
 import torch
 
 from turnout import atomic
-from turnout.model.hf_keys import CheckpointError  # one error type for every checkpoint problem, HF or ours
+from turnout.errors import CheckpointError  # one error type for every checkpoint problem, HF or ours
+from turnout.report.rundir import MANIFEST
 
 FORMAT = "turnout-checkpoint/1"
-MANIFEST = "manifest.json"
 
 
 @dataclass

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import torch
 
-from turnout.ckpt.manifest import CheckpointError, Manifest, read_manifest
+from turnout.ckpt.manifest import Manifest, read_manifest
 from turnout.ckpt.store import load_state, resolve_checkpoint
+from turnout.errors import CheckpointError
 from turnout.model.args import ModelArgs
 from turnout.model.transformer import Transformer
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import warnings
 from concurrent.futures import Future
@@ -22,10 +21,9 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from turnout.ckpt.manifest import CheckpointError, Manifest, read_manifest, verify, write_manifest
-
-STEP_RE = re.compile(r"^step-(\d+)$")
-
+from turnout.ckpt.manifest import Manifest, read_manifest, verify, write_manifest
+from turnout.errors import CheckpointError
+from turnout.report.rundir import MANIFEST, RunDir
 
 def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
@@ -53,20 +51,16 @@ def _single_process_ok():
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints"
+    return RunDir(run_dir).checkpoints
 
 
 def step_dir(run_dir: Path, step: int) -> Path:
-    return checkpoint_dir(run_dir) / f"step-{step:08d}"
+    return RunDir(run_dir).checkpoint(step)
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """(step, folder) of every folder named like a finished checkpoint, oldest first (not yet verified)."""
-    root = checkpoint_dir(run_dir)
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_RE.match(p.name))]
-    return sorted(found)
+    return RunDir(run_dir).checkpoint_folders()
 
 
 def latest_checkpoint(run_dir: Path, *, before_step: int | None = None,
@@ -148,7 +142,7 @@ class Checkpointer:
         done = list_checkpoints(self.run_dir)
         for _, folder in done[: max(len(done) - self.keep, 0)]:
             shutil.rmtree(folder, ignore_errors=True)
-        for p in checkpoint_dir(self.run_dir).glob("step-*.tmp"):
+        for p in RunDir(self.run_dir).partial_checkpoints():
             if self._pending is None or p != self._pending[1]:
                 shutil.rmtree(p, ignore_errors=True)
 
@@ -184,7 +178,7 @@ def load_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
 def resolve_checkpoint(path: Path) -> Path:
     """A checkpoint folder from either a run folder (newest good one) or a checkpoint folder itself."""
     path = Path(path)
-    if (path / "manifest.json").is_file():
+    if (path / MANIFEST).is_file():
         problems = verify(path)
         if problems:
             raise CheckpointError(problems[0])

@@ -12,13 +12,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from turnout.report.rundir import DemoDir
 
 HELP = "the whole story on the embedded default: qualify, train with failover, certify, serve, one report"
 PROMPTS = ("ROMEO:", "To be, or not to be", "KING HENRY:")
@@ -85,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    demo = DemoDir(out)
     config = args.config or ("configs/demo.toml" if Path("configs/demo.toml").is_file() else None)
     cfg_args = (["--config", config] if config else []) + [x for s in args.set for x in ("--set", s)]
     t_start = time.time()
@@ -99,20 +101,20 @@ def run(args: argparse.Namespace) -> int:
         print("skipped (--skip-qualify)")
     else:
         for target in (args.target, args.fallback):
-            qdir = out / f"qualify-{target.replace(':', '-')}"
-            main(["qualify", "--target", target, *cfg_args, "--out", str(qdir)])
-            q = json.loads((qdir / "qualify.json").read_text()) if (qdir / "qualify.json").is_file() else {}
-            story["qualify"][target] = {"dir": qdir.name, "verdict": q.get("verdict"), "reasons": q.get("reasons")}
+            qdir = demo.qualification(target)
+            main(["qualify", "--target", target, *cfg_args, "--out", str(qdir.root)])
+            q = qdir.read_result()
+            story["qualify"][target] = {"dir": qdir.root.name, "verdict": q.get("verdict"), "reasons": q.get("reasons")}
 
     _stage(3, f"train on {args.target} anyway, with --fallback {args.fallback}")
-    run_dir = out / "run"
+    run_dir = demo.run.root
     code = main(["train", *cfg_args, "--out", str(run_dir), "--target", args.target, "--fallback", args.fallback])
     if code != 0:
-        print(f"demo: training did not complete (exit {code}); see {run_dir}/events.jsonl")
+        print(f"demo: training did not complete (exit {code}); see {demo.run.events}")
         return code
 
     _stage(4, f"export, certify parity {args.fallback} vs {args.target}, serve on {args.target}")
-    main(["export", str(run_dir), "--hf", str(out / "hf")])
+    main(["export", str(run_dir), "--hf", str(demo.hf)])
     code = main(["parity", "--model", str(run_dir), "--a", args.fallback, "--b", args.target])
     cert = sorted(run_dir.glob("parity-*.json"))
     story["certificate"] = cert[-1].name if cert else None
@@ -124,11 +126,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"demo: no passing certificate, so {args.target} does not serve this model")
 
     _stage(5, "the report")
-    from turnout.cli.demo_report import write_story
+    from turnout.report.demo_page import write_story  # matplotlib loads only when a page is drawn
+    from turnout.report.run_data import summarize_run
 
-    index = write_story(out, story)
-    from turnout.train.report_data import summarize_run
-
+    index = write_story(demo.root, story)
     s = summarize_run(run_dir)
     print(f"demo: {s['steps']} steps on {' -> '.join(s['targets'])}, final held-out loss {s['final_val_loss']:.3f}, "
           f"goodput {s['ettr']:.0%}, {len(s['incidents'])} incidents; {time.time() - t_start:.0f} s in all")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 from pathlib import Path
 
+from turnout import atomic
 from turnout.config import ConfigError
+from turnout.report.rundir import TOKENIZER
 
 HELP = "write a checkpoint as an HF DeepseekV3 directory (config.json, safetensors, tokenizer) for transformers"
 
@@ -34,17 +34,19 @@ def export_hf(source: Path, out: Path) -> Path:
 
     model, manifest, folder = load_model(source)
     save_pretrained(model, out)
-    tok_path = folder / "tokenizer.json"
+    # Each file lands whole or not at all: an export killed half-way never leaves a torn tokenizer or config.
+    tok_path = folder / TOKENIZER
     if tok_path.is_file():
-        shutil.copyfile(tok_path, out / "tokenizer.json")
+        atomic.write_bytes(out / TOKENIZER, tok_path.read_bytes())
         tok = Tokenizer.load(tok_path)
-        (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(tok), indent=1))
-        gen = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
-        (out / "generation_config.json").write_text(json.dumps(gen, indent=1))
+        atomic.write_json(out / "tokenizer_config.json", tokenizer_config(tok))
+        atomic.write_json(out / "generation_config.json",
+                          {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id})
     # provenance: which run, step and target produced these weights (parity certificates refer to it)
-    (out / "turnout_checkpoint.json").write_text(json.dumps(
-        {"source": str(folder), "step": manifest.step, "samples": manifest.samples, "target": manifest.target,
-         "world_size": manifest.world_size, "torch_version": manifest.torch_version}, indent=1))
+    atomic.write_json(out / "turnout_checkpoint.json",
+                      {"source": str(folder), "step": manifest.step, "samples": manifest.samples,
+                       "target": manifest.target, "world_size": manifest.world_size,
+                       "torch_version": manifest.torch_version})
     return out
 
 

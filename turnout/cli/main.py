@@ -7,10 +7,10 @@ import sys
 from typing import Callable
 
 from turnout.backend.spec import TargetError
-from turnout.ckpt import CheckpointError
 from turnout.cli import demo, export, generate, parity, qualify, report, serve, targets, train
 from turnout.config import ConfigError
 from turnout.data import DataError
+from turnout.errors import CheckpointError
 
 # name -> (one-line help, add_arguments(parser), run(args) -> exit code)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {

@@ -7,6 +7,7 @@ import argparse
 
 from turnout.backend import get_backend
 from turnout.config import ConfigError, load_config
+from turnout.report.rundir import QualifyDir
 
 HELP = ("qualify an accelerator target for a model: --target SPEC [--reference SPEC] --config FILE --out DIR "
         "[--require train|inference]")
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     result = qualify(config, target, args.out, reference=reference, settings=settings, log=log,
                      config_path=args.config)
     print(f"verdict: {result['verdict']} ({result['target']} against {result['reference']}, "
-          f"{result['seconds']:.1f} s); report: {args.out}/report.html")
+          f"{result['seconds']:.1f} s); report: {QualifyDir(args.out).report}")
     for reason in result["reasons"]:
         print(f"  - {reason}")
     if not satisfies(result["verdict"], args.require):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from turnout.config import ConfigError
+from turnout.report.rundir import RunDir
 
 HELP = "rebuild RUN/report.html (loss and held-out loss, lr, grad norms, tokens/s, MFU, expert load, events)"
 
@@ -15,10 +15,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from turnout.train.report import write_report
+    from turnout.report.run_page import write_run_report  # matplotlib loads only when a page is drawn
 
-    run_dir = Path(args.run)
-    if not run_dir.is_dir() or not ((run_dir / "metrics.jsonl").is_file() or (run_dir / "events.jsonl").is_file()):
-        raise ConfigError(f"{run_dir}: not a run folder (no metrics.jsonl or events.jsonl)")
-    print(write_report(run_dir))
+    run = RunDir(args.run)
+    if not run.exists():
+        raise ConfigError(f"{run.root}: not a run folder (no {run.metrics.name} or {run.events.name})")
+    print(write_run_report(run.root))
     return 0

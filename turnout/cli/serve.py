@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from turnout.backend import get_backend, parse_spec
+    from turnout.backend import canonical_spec, get_backend
     from turnout.serve import load_for_serving, model_identity, require_certificate
     from turnout.serve.server import serve
 
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_context is not None and args.max_context < 2:
         raise ConfigError(f"--max-context: expected an integer >= 2, got {args.max_context}")
     target = get_backend(args.target).name  # resolves the default and checks the spec
-    trained_on = str(parse_spec(args.trained_on)) if args.trained_on else None
+    trained_on = canonical_spec(args.trained_on) if args.trained_on else None
     if args.require_certificate:  # before loading: refuse fast, on the weights' hash alone
         ident = model_identity(args.model)
         if trained_on and ident.trained_on is None:

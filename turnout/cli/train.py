@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from turnout import atomic
 from turnout.ckpt import latest_checkpoint, read_manifest
 from turnout.config import ConfigError, load_config
+from turnout.report.rundir import RunDir
 
 HELP = "train a model: --config FILE --out RUN [--target SPEC] [--set section.key=value] [--resume] [--nproc N]"
 
@@ -32,10 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _config_for(args: argparse.Namespace):
-    run = Path(args.out)
+    run = RunDir(args.out)
     path = args.config
-    if path is None and args.resume and (run / "config.toml").is_file():
-        path = run / "config.toml"
+    if path is None and args.resume and run.config.is_file():
+        path = run.config
     return load_config(path, args.set)
 
 
@@ -72,16 +74,17 @@ def _supervise(args: argparse.Namespace, config, fallback: list[str]) -> int:
         raise ConfigError(f"--out {run_dir}: this run already has checkpoints; pass --resume to continue it or "
                           f"choose another folder")
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg_path = run_dir / "config.toml"
-    cfg_path.write_text(to_toml(config))
+    cfg_path = RunDir(run_dir).config
+    atomic.write_text(cfg_path, to_toml(config))
     sup = Supervisor(config, cfg_path, run_dir, targets, nproc=args.nproc, max_restarts=args.max_restarts,
                      until=args.until)
     code = sup.run()
     if code == 0:
-        from turnout.train.report_data import summarize_run
+        from turnout.report.run_data import summarize_run
 
         s = summarize_run(run_dir)
-        print(f"supervisor: run complete: {s.get('steps')} steps on {' -> '.join(s.get('targets') or targets)}; run folder {run_dir}")
+        print(f"supervisor: run complete: {s.get('steps')} steps on {' -> '.join(s.get('targets') or targets)}; "
+              f"run folder {run_dir}")
     return code
 
 

@@ -26,6 +26,8 @@ import numpy as np
 import tokenizers
 import torch
 
+from turnout.errors import one_line
+
 from .errors import DataError
 from .sampler import GlobalSampler, val_batches
 from .shakespeare import NAME as EMBEDDED
@@ -228,7 +230,7 @@ def _read_meta(path: Path) -> tuple[dict, np.dtype, int, int]:
         dtype = np.dtype(meta["dtype"]).newbyteorder("<")
         return meta, dtype, int(meta["tokens"]["train"]), int(meta["tokens"]["val"])
     except (KeyError, TypeError, ValueError) as e:
-        raise DataError(f"{path}: bad or missing field ({type(e).__name__}: {e})") from None
+        raise DataError(f"{path}: bad or missing field ({one_line(e)})") from None
 
 
 def _write_json(path: Path, obj: dict) -> None:

@@ -15,6 +15,8 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from turnout import atomic
+from turnout.errors import one_line
+
 from .errors import DataError
 
 EOS, BOS, PAD = "<|eos|>", "<|bos|>", "<|pad|>"
@@ -137,7 +139,7 @@ class Tokenizer:
         try:
             tok = tokenizers.Tokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises a bare Exception for malformed JSON
-            raise DataError(f"{path}: not a valid tokenizer.json ({str(e).splitlines()[0]})") from None
+            raise DataError(f"{path}: not a valid tokenizer.json ({one_line(str(e))})") from None
         return cls(tok)
 
 

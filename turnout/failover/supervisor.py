@@ -9,12 +9,11 @@ an exit code cannot) and:
 - a worker that died some other way (killed, crashed): restart it on the same target from its checkpoint, up to
   `max_restarts` times, then fail over;
 - a run that is broken on any target (`unrecoverable`, a config error): stop.
-Every decision is an event in RUN/events.jsonl.
+Every decision is an event in the run's events.jsonl.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -27,8 +26,8 @@ from typing import Callable
 from turnout.backend import get_backend
 from turnout.ckpt import latest_checkpoint
 from turnout.config import Config
-from turnout.model.flops import param_counts
-from turnout.train.build import model_args
+from turnout.report.rundir import RunDir
+from turnout.train.build import refusals
 from turnout.train.events import EventLog
 from turnout.train.launch import command as launch_command
 
@@ -44,34 +43,15 @@ class WorkerExit:
     last_step: int
 
 
-def _events_since(run_dir: Path, t0: float) -> list[dict]:
-    path = run_dir / "events.jsonl"
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            e = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(e, dict) and e.get("time", 0) >= t0:
-            out.append(e)
-    return out
+def _events_since(run: RunDir, t0: float) -> list[dict]:
+    return [e for e in run.read_events()[0] if isinstance(e.get("time"), (int, float)) and e["time"] >= t0]
 
 
-def _last_step(run_dir: Path, target: str) -> int:
-    """Highest step the target recorded in metrics.jsonl (0 when none)."""
-    path = run_dir / "metrics.jsonl"
-    last = 0
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                m = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if m.get("kind") == "train" and m.get("target") == target:
-                last = max(last, int(m["step"]))
-    return last
+def _last_step(run: RunDir, target: str) -> int:
+    """Highest step the target recorded in the run's metrics (0 when none)."""
+    return max((int(m["step"]) for m in run.read_metrics()[0]
+                if m.get("kind") == "train" and m.get("target") == target and isinstance(m.get("step"), int)),
+               default=0)
 
 
 class Supervisor:
@@ -83,7 +63,8 @@ class Supervisor:
         self.config, self.config_path, self.run_dir = config, config_path, Path(run_dir)
         self.targets, self.nproc, self.extra = list(targets), nproc, list(extra_args)
         self.max_restarts, self.log, self.until = max_restarts, log, until
-        self.events = EventLog(self.run_dir / "events.jsonl", targets[0], echo=log)
+        self.folder = RunDir(run_dir)
+        self.events = EventLog(self.folder.events, targets[0], echo=log)
         self.worker: subprocess.Popen | None = None
 
     def command(self, target: str, resume: bool) -> list[str]:
@@ -110,8 +91,8 @@ class Supervisor:
             raise
         finally:
             (self.run_dir / "worker.pid").unlink(missing_ok=True)
-        stops = [e for e in _events_since(self.run_dir, t0) if e.get("kind") in STOP_KINDS]
-        last = _last_step(self.run_dir, target)
+        stops = [e for e in _events_since(self.folder, t0) if e.get("kind") in STOP_KINDS]
+        last = _last_step(self.folder, target)
         if code == 0:
             return WorkerExit(0, "done", "", last)
         if stops:
@@ -127,8 +108,7 @@ class Supervisor:
             backend = get_backend(target)
         except ValueError as e:
             return [str(e)]
-        return backend.validate(self.config, world_size=self.nproc,
-                                param_count=param_counts(model_args(self.config), mtp=True)[0])
+        return refusals(backend, self.config, self.nproc)
 
     def run(self) -> int:
         """Drive the run to completion over the targets; returns the exit code for the CLI."""
@@ -138,14 +118,14 @@ class Supervisor:
         ran: WorkerExit | None = None  # how the last worker on targets[i] ended, if one ran there
         while i < len(self.targets):
             target = self.targets[i]
-            refusals = self.usable(target)
-            if refusals:
-                self.events.emit("target_refused", 0, f"{target} cannot take this run: {'; '.join(refusals)}",
+            why = self.usable(target)
+            if why:
+                self.events.emit("target_refused", 0, f"{target} cannot take this run: {'; '.join(why)}",
                                  target=target)
                 i += 1
                 if ran is not None:  # it ran before and validate() now rejects it: move the run on
                     self._failover(target, self.targets[i] if i < len(self.targets) else None,
-                                   WorkerExit(ran.code, "refused", "; ".join(refusals), ran.last_step))
+                                   WorkerExit(ran.code, "refused", "; ".join(why), ran.last_step))
                 ran = None
                 continue
             ex = ran = self.run_worker(target, resume)

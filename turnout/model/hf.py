@@ -17,8 +17,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from turnout.errors import CheckpointError
+
 from .args import ModelArgs
-from .hf_keys import CheckpointError, from_hf_state_dict, to_hf_state_dict
+from .hf_keys import from_hf_state_dict, to_hf_state_dict
 from .transformer import Transformer
 
 INDEX = "model.safetensors.index.json"

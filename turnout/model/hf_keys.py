@@ -14,11 +14,9 @@ from collections.abc import Mapping
 
 import torch
 
+from turnout.errors import CheckpointError
+
 from .args import ModelArgs
-
-
-class CheckpointError(ValueError):
-    """A checkpoint does not match the model: a missing, unexpected or mis-shaped tensor (named), or bad config."""
 
 
 TOP = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight", "head.weight": "lm_head.weight"}

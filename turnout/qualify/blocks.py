@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from turnout.backend import Backend
+from turnout.errors import one_line
 from turnout.model.moe import Experts
 from turnout.qualify.numerics import judge_normwise, normwise
-from turnout.qualify.stage import StageResult, error_text, failure_kind
+from turnout.qualify.stage import StageResult, failure_kind
 from turnout.qualify.workload import Workload
 from turnout.train.step import layer_groups
 
@@ -106,7 +107,7 @@ def block_parity(work: Workload, target: Backend, reference: Backend, dtype: tor
         except Exception as e:  # noqa: BLE001 - the reference ran it, so this is the target's fault: evidence
             # a missing forward kernel is already named by op conformance; here it costs training at least
             kind = "device_error" if failure_kind(e) == "device_error" else "missing_training_op"
-            st.find(kind, f"block {name} does not run on {target.name}: {error_text(e)}")
+            st.find(kind, f"block {name} does not run on {target.name}: {one_line(e)}")
             continue
         names = [n for n in g64 if n in gt and n in gr]
         out_t, out_r = normwise(ht, h64), normwise(hr, h64)
@@ -144,7 +145,7 @@ def _model_gradients(st: StageResult, work: Workload, target: Backend, reference
         bt = work.build(target)
         rt = bt.runner.compute(batch)
     except Exception as e:  # noqa: BLE001
-        st.find(failure_kind(e), f"whole-model step failed on {target.name}: {error_text(e)}")
+        st.find(failure_kind(e), f"whole-model step failed on {target.name}: {one_line(e)}")
         return
     br = work.build(reference)
     rr = br.runner.compute(batch)

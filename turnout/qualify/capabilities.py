@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from turnout.backend import Backend
 from turnout.config import Config
-from turnout.model.flops import param_counts
 from turnout.qualify.stage import StageResult
-from turnout.train.build import model_args
+from turnout.train.build import param_count, refusals
 
 
 def check_capabilities(config: Config, target: Backend) -> StageResult:
@@ -26,9 +25,8 @@ def check_capabilities(config: Config, target: Backend) -> StageResult:
     ev["device_count"] = target.device_count()
     ev["memory"] = target.memory_stats()
     ev["compute_dtype"] = target.compute_dtype_name(config)
-    params = param_counts(model_args(config), mtp=True)[0]
-    ev["params"] = params
-    reasons = target.validate(config, world_size=1, param_count=params)
+    ev["params"] = param_count(config)
+    reasons = refusals(target, config)
     ev["refusals"] = reasons
     for r in reasons:
         st.find("refused", f"{target.name} refuses this config: {r}")

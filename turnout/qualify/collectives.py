@@ -27,7 +27,8 @@ import torch
 import torch.distributed as dist
 
 from turnout.backend import Backend, get_backend
-from turnout.qualify.stage import StageResult, error_text
+from turnout.errors import one_line
+from turnout.qualify.stage import StageResult
 
 SIZES = (16, 4096, 262144)  # elements per rank: one vector, a cache line's worth of work, 1 MiB of fp32
 BANDWIDTH_SIZE = 1 << 20  # elements (4 MiB fp32) for the all_reduce bandwidth measurement
@@ -106,7 +107,7 @@ def worker(spec: str, out: str, timeout_s: float) -> int:
                 row.update(ok=bool(torch.equal(got, expected)), seconds=secs,
                            max_err=float((got - expected).abs().max()), host=got.device.type)
             except Exception as e:  # noqa: BLE001 - the failure is the result
-                row.update(ok=False, error=error_text(e))
+                row.update(ok=False, error=one_line(e))
             results.append(row)
     try:
         x = torch.ones(BANDWIDTH_SIZE, device=device)
@@ -118,7 +119,7 @@ def worker(spec: str, out: str, timeout_s: float) -> int:
         bandwidth = {"bytes": 4 * BANDWIDTH_SIZE, "seconds": t, "algbw_GBps": alg / 1e9,
                      "busbw_GBps": alg * 2 * (world - 1) / world / 1e9}
     except Exception as e:  # noqa: BLE001
-        bandwidth = {"error": error_text(e)}
+        bandwidth = {"error": one_line(e)}
     record = {"rank": rank, "world": world, "backend": backend.collective, "results": results,
               "bandwidth": bandwidth, "injected": [e["kind"] for e in getattr(backend, "events", [])]}
     Path(f"{out}.rank{rank}.json").write_text(json.dumps(record))
@@ -197,7 +198,7 @@ def finish(job: Job, target: Backend, timeout_s: float) -> StageResult:
     if len(ranks) < WORLD:
         tail = job.log.read_text(errors="replace").strip().splitlines()[-1:] if job.log.is_file() else []
         st.find("collectives_error", f"the two-rank job on {target.name} failed (exit code {rc}): "
-                                     f"{tail[0][:200] if tail else 'no output'}")
+                                     f"{one_line(tail[0], limit=200) if tail else 'no output'}")
         st.summary = "job failed"
         return st
     rows = [row for rk in ranks for row in rk["results"]]

@@ -15,8 +15,9 @@ import os
 import torch
 
 from turnout.backend import Backend
+from turnout.errors import one_line
 from turnout.qualify.numerics import bitwise_equal, ulp_distance
-from turnout.qualify.stage import StageResult, error_text, failure_kind
+from turnout.qualify.stage import StageResult, failure_kind
 from turnout.qualify.workload import Workload
 from turnout.train.build import Built
 
@@ -61,7 +62,7 @@ def determinism(work: Workload, target: Backend, step: int) -> StageResult:
         built = work.build(target)
         plain = _compare(_repeat(built, target, batch, step, n))
     except Exception as e:  # noqa: BLE001 - a fault while re-running is evidence
-        st.find(failure_kind(e), f"device failed while re-running step {step} on {target.name}: {error_text(e)}")
+        st.find(failure_kind(e), f"device failed while re-running step {step} on {target.name}: {one_line(e)}")
         st.summary = "could not re-run the step"
         return st
     st.evidence.update({"step": step, "plain": plain})
@@ -76,7 +77,7 @@ def determinism(work: Workload, target: Backend, step: int) -> StageResult:
         torch.use_deterministic_algorithms(True)
         fixed = _compare(_repeat(built, target, batch, step, n))
     except Exception as e:  # noqa: BLE001 - some ops have no deterministic kernel and say so
-        st.evidence["deterministic_mode_error"] = error_text(e)
+        st.evidence["deterministic_mode_error"] = one_line(e)
     finally:
         torch.use_deterministic_algorithms(was)
     st.evidence["deterministic_mode"] = fixed

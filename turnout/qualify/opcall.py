@@ -16,7 +16,8 @@ import torch
 from torch.utils._pytree import tree_leaves, tree_map
 
 from turnout.backend import Backend
-from turnout.qualify.stage import error_text, is_missing
+from turnout.errors import one_line
+from turnout.qualify.stage import is_missing
 
 
 def draw(args: tuple, kwargs: dict, which: int, seed: int) -> tuple[tuple, dict]:
@@ -131,7 +132,7 @@ def run_forward(func: Any, args: tuple, kwargs: dict, backend: Backend | None) -
             out = fn(*a, **k)
             took = time.perf_counter() - t0
     except Exception as e:  # noqa: BLE001 - any failure of the op is evidence, classified by the caller
-        return Run(error=error_text(e), missing=is_missing(e), exc=e)
+        return Run(error=one_line(e), missing=is_missing(e), exc=e)
     outs = tensors(out)
     host = device.type != "cpu" and any(t.device.type == "cpu" for t in outs)
     fell = ctx is not None and _fallbacks(ctx) > before
@@ -172,7 +173,7 @@ def run_grad(func: Any, args: tuple, kwargs: dict, backend: Backend | None,
             if ctx is not None:
                 ctx.synchronize()
     except Exception as e:  # noqa: BLE001
-        return Run(error=error_text(e), missing=is_missing(e), exc=e)
+        return Run(error=one_line(e), missing=is_missing(e), exc=e)
     return Run(grads=[t.grad.detach().cpu().clone() if t.grad is not None else None for t in leaves])
 
 

@@ -18,9 +18,10 @@ import torch
 from torch.utils._pytree import tree_map
 
 from turnout.backend import Backend
+from turnout.errors import one_line
 from turnout.qualify.numerics import ErrStats, bitwise_equal, elementwise, judge_elementwise, score
 from turnout.qualify.opcall import Run, draw, run_forward, run_grad
-from turnout.qualify.stage import SKIPPED, StageResult, error_text
+from turnout.qualify.stage import SKIPPED, StageResult
 from turnout.qualify.trace import TracedOp
 
 DRAWS = 2  # traced values, then fresh randn
@@ -209,7 +210,7 @@ def conformance(ops: list[TracedOp], target: Backend, reference: Backend, seed: 
         try:
             results.append(check_op(op, target, reference, seed + 7919 * i))
         except Exception as e:  # noqa: BLE001 - a harness problem on one op must not hide the others
-            r = OpResult(op, status=SKIPPED, error=f"harness: {error_text(e)}")
+            r = OpResult(op, status=SKIPPED, error=f"harness: {one_line(e)}")
             results.append(r)
     _summarise(st, results, target)
     return st

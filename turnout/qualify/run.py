@@ -7,6 +7,7 @@ the end. Each stage logs a line when it starts and one with its status and time 
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 import time
@@ -20,24 +21,30 @@ from turnout import atomic
 from turnout.backend import Backend, TargetError, get_backend
 from turnout.backend.spec import DTYPES
 from turnout.config import Config, ConfigError
-from turnout.model.flops import param_counts
+from turnout.errors import one_line
 from turnout.qualify import collectives
 from turnout.qualify.blocks import block_parity
 from turnout.qualify.capabilities import check_capabilities
 from turnout.qualify.determinism import determinism
+from turnout.qualify.numerics import MAXREL_FACTOR, NORM_FACTOR, RATIO_FACTOR, RATIO_FLOOR
 from turnout.qualify.ops import conformance
 from turnout.qualify.perf import performance
-from turnout.qualify.stage import Log, StageResult, error_text
+from turnout.qualify.stage import Log, StageResult
 from turnout.qualify.trace import trace_step
-from turnout.qualify.training import training_parity
+from turnout.qualify.training import FLOOR_ULPS, NOISE_ULPS, SAFETY, training_parity
 from turnout.qualify.verdict import decide
 from turnout.qualify.workload import Settings, Workload, load_workload
-from turnout.train.build import model_args
+from turnout.report.qualify_page import write_qualify_report
+from turnout.report.rundir import QualifyDir
+from turnout.train.build import refusals
 
 STAGES = (("capabilities", "Capabilities"), ("ops", "Op conformance"), ("blocks", "Block parity"),
           ("determinism", "Determinism"), ("training", "Training parity"), ("collectives", "Collectives"),
           ("perf", "Performance"))
 SCHEMA = 1
+# The pass bars the stages apply, recorded in qualify.json so the page (and any later reader) can state them.
+RULES = {"ratio_factor": RATIO_FACTOR, "ratio_floor": RATIO_FLOOR, "maxrel_factor": MAXREL_FACTOR,
+         "norm_factor": NORM_FACTOR, "band_safety": SAFETY, "band_floor_ulps": FLOOR_ULPS, "noise_ulps": NOISE_ULPS}
 
 
 class _Runner:
@@ -58,7 +65,7 @@ class _Runner:
             raise
         except Exception as e:  # noqa: BLE001 - report it as the stage's failure, keep the other stages
             st = StageResult(name, title)
-            st.find("stage_error", f"{title.lower()} could not complete: {error_text(e)}")
+            st.find("stage_error", f"{title.lower()} could not complete: {one_line(e)}")
             st.evidence["traceback"] = traceback.format_exc().splitlines()[-12:]
         if not st.seconds:
             st.seconds = time.perf_counter() - t0
@@ -81,9 +88,7 @@ def qualify(config: Config, target: str | Backend, out_dir: str | Path, *, refer
     log = log or (lambda _msg: None)
     tgt = target if isinstance(target, Backend) else get_backend(target)
     ref = reference if isinstance(reference, Backend) else get_backend(reference)
-    args = model_args(config)  # a bad preset or override is a ConfigError before anything runs
-    params = param_counts(args, mtp=True)[0]
-    ref_refusals = ref.validate(config, world_size=1, param_count=params)
+    ref_refusals = refusals(ref, config)  # a bad preset or override is a ConfigError before anything runs
     if ref_refusals:
         raise ConfigError(f"reference {ref.name} refuses this config: " + "; ".join(ref_refusals))
     out = Path(out_dir)
@@ -108,10 +113,11 @@ def qualify(config: Config, target: str | Backend, out_dir: str | Path, *, refer
         "started": started, "seconds": time.perf_counter() - t0, "torch": torch.__version__,
         "host": f"{platform.system()} {platform.machine()} {platform.processor()}".strip(),
         "sim": _sim_record(tgt),
+        "rules": RULES,
     }
-    write_json(out / "qualify.json", result)
-    from turnout.qualify.report import write_report  # drawing is the last thing, and only needs the dict
-    write_report(out, result)
+    qdir = QualifyDir(out)
+    write_json(qdir.result, result)
+    write_qualify_report(qdir, json.loads(json.dumps(_clean(result), default=str)))  # the page reads only the dict
     return result
 
 

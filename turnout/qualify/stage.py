@@ -69,12 +69,6 @@ class Timer:
         self.seconds = time.perf_counter() - self.t0
 
 
-def error_text(e: BaseException) -> str:
-    """`Type: first line of the message`, at most 240 characters."""
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {msg}"[:240]
-
-
 def is_missing(e: BaseException) -> bool:
     """Does this exception say an op or dtype has no kernel here (rather than the device failing)?"""
     text = str(e).lower()

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import statistics
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +30,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
 from turnout.backend import Backend
+from turnout.backend.sim_faults import UlpJitter
+from turnout.errors import one_line
 from turnout.qualify.golden import find_golden, golden_key, save_golden
-from turnout.qualify.stage import StageResult, error_text, failure_kind
+from turnout.qualify.stage import StageResult, failure_kind
 from turnout.qualify.workload import Workload, default_golden_dir
 from turnout.train.schedule import lr_at
+from turnout.train.watchdog import Watchdog
 
 SAFETY = 8.0  # 4 was too tight: sim:nondeterministic (a correct device, 2-ulp jitter) reached 0.6x of a 4x band
 FLOOR_ULPS = 16.0
@@ -60,44 +61,13 @@ class Curve:
         return {"loss": self.loss, "layers": self.layers, "seconds": self.seconds}
 
 
-class _Watchdog:
-    """Releases an emulated hang (SimBackend.cancel_hang) when a step runs past `timeout` seconds."""
-
-    def __init__(self, backend: Backend, timeout: float):
-        self.backend, self.timeout, self.fired = backend, timeout, False
-        self._timer: threading.Timer | None = None
-
-    def __enter__(self) -> _Watchdog:
-        self.fired = False
-        self._timer = threading.Timer(self.timeout, self._fire)
-        self._timer.daemon = True
-        self._timer.start()
-        return self
-
-    def _fire(self) -> None:
-        self.fired = True
-        cancel = getattr(self.backend, "cancel_hang", None)
-        if cancel is not None:
-            cancel()
-
-    def __exit__(self, *exc: object) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-
-
 class UlpNoise(TorchDispatchMode):
-    """Every non-aliasing floating-point op output times (1 + k x eps), k uniform in -NOISE_ULPS..NOISE_ULPS per
-    element (seeded). The factors come from a fixed pool read at a random offset: one multiply per output instead
-    of drawing random numbers for every element of every op."""
-
-    POOL = 1 << 22  # factors per dtype; longer outputs draw fresh ones
+    """Every non-aliasing floating-point op output moved by up to NOISE_ULPS ulp (UlpJitter, seeded): the
+    perturbed reference run. In-place and view results alias their inputs and are left alone."""
 
     def __init__(self, seed: int):
         super().__init__()
-        self.gen = torch.Generator().manual_seed(seed)
-        self.pick = random.Random(seed)
-        self.k = torch.randint(-NOISE_ULPS, NOISE_ULPS + 1, (self.POOL,), generator=self.gen, dtype=torch.int8)
-        self.factors: dict[torch.dtype, torch.Tensor] = {}
+        self.jitter = UlpJitter(seed, NOISE_ULPS, distinct=False)
 
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
@@ -106,23 +76,13 @@ class UlpNoise(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if func._schema.is_mutable or getattr(func, "is_view", False):
-            return out  # in-place and view results alias their inputs: leave them be
+            return out
         return tree_map(self._nudge, out)
-
-    def _factors(self, dtype: torch.dtype, n: int) -> torch.Tensor:
-        if n > self.POOL:
-            k = torch.randint(-NOISE_ULPS, NOISE_ULPS + 1, (n,), generator=self.gen, dtype=torch.int8)
-            return 1 + k.to(dtype) * torch.finfo(dtype).eps
-        pool = self.factors.get(dtype)
-        if pool is None:  # 1 + k eps is exact in the dtype for |k| <= NOISE_ULPS (below 1 the spacing is eps/2)
-            pool = self.factors[dtype] = 1 + self.k.to(dtype) * torch.finfo(dtype).eps
-        start = self.pick.randrange(self.POOL - n + 1)
-        return pool[start:start + n]
 
     def _nudge(self, t):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.numel() == 0:
             return t
-        return t * self._factors(t.dtype, t.numel()).to(t.device).view(t.shape)
+        return self.jitter(t)
 
 
 def _perturb(model: torch.nn.Module, seed: int) -> None:
@@ -137,51 +97,72 @@ def _perturb(model: torch.nn.Module, seed: int) -> None:
 
 def run_curve(work: Workload, backend: Backend, *, perturb: bool = False, watchdog: float | None = None) -> Curve:
     """N optimizer steps of the workload on `backend`; set_step(s) before step s (1-based). A step whose compute
-    raises is recorded and run once more (a transient fault passes, a dead device fails twice and ends the run)."""
+    raises is recorded and run once more (a transient fault passes, a dead device fails twice and ends the run).
+    With `watchdog`, a compute or optimizer step running past that many seconds has its (emulated) hang released
+    and is recorded as a hang."""
     built = work.build(backend)
     noise: contextlib.AbstractContextManager = contextlib.nullcontext()
     if perturb:
         _perturb(built.inner, work.config.train.seed + 1)
         noise = UlpNoise(work.config.train.seed + 2)
     curve = Curve()
-    dog = _Watchdog(backend, watchdog) if watchdog else None
+    hung: list[str] = []  # appended by the watchdog's thread while a section hangs, read once it returns
+
+    def release(label: str, step: int, elapsed: float, limit: float) -> None:
+        hung.append(label)
+        cancel = getattr(backend, "cancel_hang", None)  # only an emulated hang can be released from Python
+        if cancel is not None:
+            cancel()
+
+    dog = Watchdog(watchdog, release, poll_s=min(0.2, watchdog / 10)).start() if watchdog else None
 
     def guarded(fn, s: int, what: str):
-        with noise, (dog or contextlib.nullcontext()):
-            out = fn()
-        if dog is not None and dog.fired:
+        hung.clear()
+        if dog is not None:
+            dog.begin(what, s)
+        try:
+            with noise:
+                out = fn()
+        finally:
+            if dog is not None:
+                dog.end()
+        if hung:
             curve.incidents.append({"step": s, "kind": "hang", "error": f"{what} of step {s} ran past "
                                     f"{watchdog:g} s and was released by the watchdog", "retried_ok": None})
         return out
 
-    for s in range(1, work.settings.steps + 1):
-        t0 = time.perf_counter()
-        result, failed = None, None
-        for _attempt in (0, 1):
-            backend.set_step(s)
+    try:
+        for s in range(1, work.settings.steps + 1):
+            t0 = time.perf_counter()
+            result, failed = None, None
+            for _attempt in (0, 1):
+                backend.set_step(s)
+                try:
+                    result = guarded(lambda: built.runner.compute([work.batches[s - 1]]), s, "the compute")
+                    break
+                except Exception as e:  # noqa: BLE001 - the device's failure is the evidence
+                    built.runner.discard()
+                    failed = {"step": s, "kind": failure_kind(e), "error": one_line(e), "retried_ok": False}
+                    curve.incidents.append(failed)
+            if result is None:
+                curve.aborted = f"step {s} failed twice: {failed['error']}"
+                return curve
+            if failed is not None:
+                failed["retried_ok"] = True
             try:
-                result = guarded(lambda: built.runner.compute([work.batches[s - 1]]), s, "the compute")
-                break
-            except Exception as e:  # noqa: BLE001 - the device's failure is the evidence
-                built.runner.discard()
-                failed = {"step": s, "kind": failure_kind(e), "error": error_text(e), "retried_ok": False}
-                curve.incidents.append(failed)
-        if result is None:
-            curve.aborted = f"step {s} failed twice: {failed['error']}"
-            return curve
-        if failed is not None:
-            failed["retried_ok"] = True
-        try:
-            guarded(lambda: built.runner.apply(result, lr_at(s - 1, work.config.train)), s, "the optimizer step")
-        except Exception as e:  # noqa: BLE001 - weights may be half-updated: no retry, the run ends here
-            curve.incidents.append({"step": s, "kind": failure_kind(e), "error": f"optimizer step: {error_text(e)}",
-                                    "retried_ok": False})
-            curve.aborted = f"the optimizer step of step {s} failed: {error_text(e)}"
-            return curve
-        curve.seconds.append(time.perf_counter() - t0)
-        curve.loss.append(result.loss)
-        for g, v in result.layer_grad_norms.items():
-            curve.layers.setdefault(g, []).append(v)
+                guarded(lambda: built.runner.apply(result, lr_at(s - 1, work.config.train)), s, "the optimizer step")
+            except Exception as e:  # noqa: BLE001 - weights may be half-updated: no retry, the run ends here
+                curve.incidents.append({"step": s, "kind": failure_kind(e), "error": f"optimizer step: {one_line(e)}",
+                                        "retried_ok": False})
+                curve.aborted = f"the optimizer step of step {s} failed: {one_line(e)}"
+                return curve
+            curve.seconds.append(time.perf_counter() - t0)
+            curve.loss.append(result.loss)
+            for g, v in result.layer_grad_norms.items():
+                curve.layers.setdefault(g, []).append(v)
+    finally:
+        if dog is not None:
+            dog.stop()
     return curve
 
 
@@ -244,8 +225,6 @@ def training_parity(work: Workload, target: Backend, reference: Backend, dtype: 
         kind = "device_error" if kind == "hang" else kind
         st.find(kind, f"{what} during training parity at step {inc['step']} on {target.name}: {inc['error']}"
                       + (" (a re-run of the step succeeded)" if inc.get("retried_ok") else ""))
-    if t.aborted:
-        st.summary = f"aborted after {n} of {len(steps)} steps: {t.aborted}"
     outside = [i for i in range(n) if not abs(t.loss[i] - r_loss[i]) <= w_loss[i]]
     nonfinite = [i + 1 for i in range(n) if not math.isfinite(t.loss[i]) and math.isfinite(r_loss[i])]
     ev["loss_outside"] = [i + 1 for i in outside]
@@ -261,13 +240,37 @@ def training_parity(work: Workload, target: Backend, reference: Backend, dtype: 
                                    f"{w_loss[i]:.3g}); {len(outside)} of {n} steps outside, up to "
                                    f"{ev['max_excess']:.3g}x the band")
     _layers(st, t, ref, target)
-    if not st.summary:
-        st.summary = (f"{n} steps; loss within the band at {n - len(outside)} of {n} steps "
-                      f"(max {ev['max_excess']:.2g}x the band); reference curve "
-                      f"{'reused from ' + Path(golden['path']).name if golden['reused'] else 'computed'}")
+    st.summary = _summary(t, len(steps), len(outside), ev, golden)
     if t.seconds:
         ev["target_step_seconds"] = statistics.median(t.seconds)
     return st
+
+
+def _summary(t: Curve, total: int, outside: int, ev: dict, golden: dict) -> str:
+    """The stage's line: first what failed it besides the loss band (a run that did not complete, a device error,
+    a hang, gradient norms), then band figures for the steps that ran, never for steps that did not."""
+    n = len(t.loss)
+    parts = [f"did not complete: {t.aborted}"] if t.aborted else [_incident(i) for i in t.incidents[:3]]
+    if not t.aborted and len(t.incidents) > 3:
+        parts.append(f"{len(t.incidents) - 3} more incident(s)")
+    bad = [r["group"] for r in ev["layers"] if r["fail"]]
+    if bad:
+        parts.append(f"gradient norms leave the band in {', '.join(bad)}")
+    if n:
+        ran = f"{n} steps" if n == total else f"{n} of {total} steps ran"
+        parts.append(f"{ran}; loss within the band at {n - outside} of {n} steps (max {ev['max_excess']:.2g}x "
+                     f"the band)")
+    else:
+        parts.append(f"none of {total} steps ran")
+    parts.append("reference curve " + (f"reused from {Path(golden['path']).name}" if golden["reused"] else "computed"))
+    return "; ".join(parts)
+
+
+def _incident(i: dict) -> str:
+    """'device error at step 25 (its re-run passed)', 'hang at step 3 (released by the watchdog)'."""
+    note = " (released by the watchdog)" if i["kind"] == "hang" else ""
+    note = " (its re-run passed)" if i.get("retried_ok") else note
+    return f"{i['kind'].replace('_', ' ')} at step {i['step']}{note}"
 
 
 def _layers(st: StageResult, t: Curve, ref: dict, target: Backend) -> None:

@@ -40,8 +40,9 @@ from pathlib import Path
 import torch
 
 from turnout import atomic
-from turnout.backend import TargetError, parse_spec
+from turnout.backend import TargetError, canonical_spec
 from turnout.config import ConfigError
+from turnout.errors import one_line
 from turnout.serve.loader import ModelIdentity
 
 FORMAT = "turnout-parity/1"
@@ -53,10 +54,6 @@ THRESHOLDS = {
 
 class CertificateError(ConfigError):
     """No usable certificate (one line; `turnout serve` exits 2)."""
-
-
-def norm_target(spec: str) -> str:
-    return str(parse_spec(spec))
 
 
 def precision_class(dtype_a: str, dtype_b: str) -> str:
@@ -135,14 +132,14 @@ def read_certificate(path: str | Path) -> dict:
 def why_unusable(cert: dict, identity: ModelIdentity, target: str, trained_on: str) -> str | None:
     """None when `cert` lets `identity`'s weights serve on `target`; else the reason."""
     try:
-        sides = {norm_target(cert["a"]["target"]): cert["a"], norm_target(cert["b"]["target"]): cert["b"]}
+        sides = {canonical_spec(cert["a"]["target"]): cert["a"], canonical_spec(cert["b"]["target"]): cert["b"]}
         if set(sides) != {target, trained_on}:
             return f"compares {cert['a']['target']} with {cert['b']['target']}"
         if sides[target].get("sha256") != identity.sha256:
             return f"was made for other weights (sha256 {str(sides[target].get('sha256'))[:12]})"
         passed, _, checks = judge(cert)
     except (KeyError, TypeError, AttributeError, TargetError) as e:
-        return f"is malformed ({type(e).__name__}: {e})"
+        return f"is malformed ({one_line(e)})"
     if not (passed and cert.get("passed") is True):
         failed = [f"{c['name']} {c['value']:.3g} not {c['rule']}" if isinstance(c["value"], float) else c["name"]
                   for c in checks if not c["ok"]]
@@ -159,7 +156,7 @@ def require_certificate(identity: ModelIdentity, target: str, extra: list[str | 
         raise CertificateError(f"{identity.folder} does not record the target it was trained on (an HF directory "
                                f"has no manifest); pass --trained-on SPEC to say which target its certificate "
                                f"must compare against")
-    target, trained_on = norm_target(target), norm_target(identity.trained_on)
+    target, trained_on = canonical_spec(target), canonical_spec(identity.trained_on)
     if target == trained_on:
         return None
     found = [Path(p) for p in extra] + [p for d in identity.certificate_dirs for p in sorted(d.glob("parity-*.json"))]

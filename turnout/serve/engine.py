@@ -33,6 +33,7 @@ import torch
 
 from turnout.backend import Backend
 from turnout.data import Tokenizer
+from turnout.errors import one_line
 from turnout.model import LatentCache, Transformer
 from turnout.serve import speculative
 from turnout.serve.request import Completion, Event, RequestError, RequestHandle
@@ -384,7 +385,7 @@ class Engine:
         self._send(r, Event(text, ids or [], reason, len(r.prompt), len(r.out), error))
 
     def _fail(self, rows: list[_Request], e: Exception) -> None:
-        msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        msg = one_line(e, limit=300)
         self.stats.errors += 1
         self.stats.last_error = msg
         for r in rows:

@@ -19,13 +19,15 @@ from pathlib import Path
 
 import torch
 
-from turnout.backend import Backend, TargetError, get_backend, parse_spec
-from turnout.ckpt import CheckpointError, read_manifest, resolve_checkpoint
+from turnout.backend import Backend, TargetError, canonical_spec, get_backend
+from turnout.ckpt import read_manifest, resolve_checkpoint
 from turnout.ckpt.manifest import sha256_file
 from turnout.ckpt.restore import load_model
 from turnout.data import Tokenizer
+from turnout.errors import CheckpointError
 from turnout.model import Transformer, load_pretrained
 from turnout.model.hf import INDEX
+from turnout.report.rundir import MANIFEST, RunDir
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,8 @@ class ModelIdentity:
         folder holding it."""
         dirs = [self.certificate_dir]
         if self.kind == "checkpoint":
-            dirs += [self.folder.parent, self.folder.parent.parent] if self.folder.parent.name == "checkpoints" \
-                else [self.folder.parent]
+            run = RunDir.of_checkpoint(self.folder)
+            dirs += [self.folder.parent, run.root] if run else [self.folder.parent]
         out = []
         for d in dirs:
             if d.resolve() not in [o.resolve() for o in out]:
@@ -80,7 +82,7 @@ class LoadedModel:
 
 
 def is_hf_dir(path: Path) -> bool:
-    return (path / "config.json").is_file() and not (path / "manifest.json").is_file()
+    return (path / "config.json").is_file() and not (path / MANIFEST).is_file()
 
 
 def model_identity(path: str | Path) -> ModelIdentity:
@@ -101,8 +103,9 @@ def model_identity(path: str | Path) -> ModelIdentity:
     m = read_manifest(folder)
     body = json.dumps({"model_args": m.model_args, "files": m.files}, sort_keys=True)
     sha = hashlib.sha256(b"turnout-checkpoint-weights/1\n" + body.encode()).hexdigest()
-    run = folder.parent.parent if folder.parent.name == "checkpoints" else folder
-    return ModelIdentity("checkpoint", folder, sha, m.target, f"{run.resolve().name}/{folder.name}", path)
+    run = RunDir.of_checkpoint(folder)
+    name = (run.root if run else folder).resolve().name
+    return ModelIdentity("checkpoint", folder, sha, m.target, f"{name}/{folder.name}", path)
 
 
 def get_available_backend(target: str | None) -> Backend:
@@ -124,8 +127,8 @@ def load_for_serving(path: str | Path, target: str | None = None, *, trained_on:
     backend = get_available_backend(target)
     identity = model_identity(path)
     if trained_on is not None:
-        trained_on = str(parse_spec(trained_on))
-        if identity.trained_on is not None and str(parse_spec(identity.trained_on)) != trained_on:
+        trained_on = canonical_spec(trained_on)
+        if identity.trained_on is not None and canonical_spec(identity.trained_on) != trained_on:
             raise CheckpointError(f"{identity.folder}: the manifest says it was trained on {identity.trained_on}, "
                                   f"not {trained_on}")
         identity = identity.with_trained_on(trained_on)

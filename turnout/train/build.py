@@ -32,6 +32,19 @@ def model_args(config: Config) -> ModelArgs:
         raise ConfigError(f"{key}: {msg}") from None
 
 
+def param_count(config: Config) -> int:
+    """Parameters of the configured model, MTP modules included: what weights, gradients and optimizer state hold."""
+    return param_counts(model_args(config), mtp=True)[0]
+
+
+def refusals(backend: Backend, config: Config, world_size: int = 1) -> list[str]:
+    """Why `backend` cannot run `config` over `world_size` devices (empty when it can).
+
+    Backend.validate checks memory against the parameter count, which the backend layer cannot work out (model/
+    sits above it), so every caller asks here rather than counting parameters itself."""
+    return backend.validate(config, world_size=world_size, param_count=param_count(config))
+
+
 def data_cache_dir(config: Config) -> Path:
     return Path(config.data.cache_dir or os.environ.get("TURNOUT_DATA_CACHE", "~/.cache/turnout/data")).expanduser()
 
@@ -76,7 +89,7 @@ def check_config(config: Config, backend: Backend, info: DistInfo) -> ModelArgs:
                           f"{t.grad_accum} micro-batch(es)")
     if t.seq_len > args.max_seq_len:
         raise ConfigError(f"train.seq_len: {t.seq_len} exceeds the model's max_seq_len {args.max_seq_len}")
-    reasons = backend.validate(config, world_size=info.world_size, param_count=param_counts(args, mtp=True)[0])
+    reasons = refusals(backend, config, info.world_size)
     if reasons:
         raise ConfigError(f"target {backend.name} refuses this config: " + "; ".join(reasons))
     return args

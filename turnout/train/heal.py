@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from turnout.config import HealthSection
+from turnout.errors import one_line
 from turnout.train.events import EventLog
 from turnout.train.health import HealthMonitor, TargetUntrusted, TrustPolicy
 from turnout.train.rerun import GradSnapshot, Reexecutor, relative_difference
@@ -60,7 +61,7 @@ class Healer:
                 raise
             except Exception as e:  # noqa: BLE001 - a target's failure (device lost, missing kernel, ...)
                 self.runner.discard()
-                detail = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+                detail = one_line(e, limit=300)
                 self.events.emit("device_error", step, detail, attempt=attempt + 1)
                 reason = self.policy.device_error(step)
                 if reason:

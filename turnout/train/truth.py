@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from turnout.backend import Backend
 from turnout.train.dist import DistInfo
-from turnout.train.events import JsonlWriter
+from turnout.report.jsonl import JsonlWriter
 
 
 class GroundTruth:

@@ -4,7 +4,8 @@ The training thread marks the start and end of each step; a daemon thread checks
 current section has run longer than its timeout: `hang_first_s` until a few step times are known, then
 `max(hang_floor_s, hang_factor x median recent step time)`. A step that never returns (a stuck kernel or
 collective) cannot be interrupted from Python, so `on_hang` records the hang and ends the process; the
-supervisor then resumes the run from its last checkpoint on the next target.
+supervisor then resumes the run from its last checkpoint on the next target. Qualification's training-parity
+stage uses the same watchdog with one fixed timeout, to release an emulated hang.
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ from turnout.config import HealthSection
 
 
 class Watchdog:
-    """Times sections of the training thread and calls `on_hang(label, step, elapsed, timeout)` once per hang."""
+    """Times sections of the training thread and calls `on_hang(label, step, elapsed, timeout)` once per hang.
 
-    def __init__(self, h: HealthSection, on_hang: Callable[[str, int, float, float], None], poll_s: float = 0.2):
+    `h` is the health section whose timeouts are learned from step times, or one fixed number of seconds for
+    every section."""
+
+    def __init__(self, h: HealthSection | float, on_hang: Callable[[str, int, float, float], None],
+                 poll_s: float = 0.2):
         self.h = h
         self.on_hang = on_hang
         self.poll_s = poll_s
@@ -39,6 +44,8 @@ class Watchdog:
         self._stop.set()
 
     def timeout(self, label: str = "step") -> float:
+        if not isinstance(self.h, HealthSection):
+            return float(self.h)
         if label != "step" or len(self.durations) < 3:
             return self.h.hang_first_s
         return max(self.h.hang_floor_s, self.h.hang_factor * statistics.median(self.durations))

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from turnout.train.report import read_jsonl, render_report, summarize_run, write_report
+from turnout.report.jsonl import read_jsonl
+from turnout.report.run_data import summarize_run
+from turnout.report.run_page import render_run_report as render_report
+from turnout.report.run_page import write_run_report as write_report
 
 T0 = 1_700_000_000.0
 FLAKY_STEP_TIME, CPU_STEP_TIME = 0.9, 1.8
@@ -238,9 +241,9 @@ def test_rollback_supersedes_and_pairs_injections_once(tmp_path):
 def test_read_jsonl_skips_truncated_last_line(tmp_path):
     p = tmp_path / "m.jsonl"
     p.write_bytes(b'{"a": 1}\n\n{"b": NaN}\n{"c": "\xc3')
-    rows = read_jsonl(p)
-    assert rows[0] == {"a": 1} and math.isnan(rows[1]["b"]) and len(rows) == 2
-    assert read_jsonl(tmp_path / "missing.jsonl") == []
+    rows, skipped = read_jsonl(p)
+    assert rows[0] == {"a": 1} and math.isnan(rows[1]["b"]) and len(rows) == 2 and skipped == 1
+    assert read_jsonl(tmp_path / "missing.jsonl") == ([], 0)
 
 
 def test_report_file_is_readable_by_others(tmp_path):
@@ -271,7 +274,7 @@ def test_restart_after_a_hang_counts_as_its_recovery_but_not_an_unrelated_one(tm
     assert spike["ttr"] == pytest.approx(106.0 - 105.5)
     assert hang["recovery"] == "resume" and hang["steps_lost"] == 5  # the resume event's step is where it resumed
     assert hang["ttr"] == pytest.approx(321.0 - 160.0)
-    assert s["wall_time"] == pytest.approx(241.0)  # the first start to the last record, downtime included
+    assert s["wall_time"] == pytest.approx(241.0)  # the first start to the last record: a hang's downtime is lost
     assert s["productive_time"] == pytest.approx(40.0)
 
 
@@ -287,3 +290,24 @@ def test_a_later_unrelated_restart_is_not_an_incidents_recovery(tmp_path):
     (inc,) = summarize_run(run, now=0.0)["incidents"]
     assert inc["recovery"] is None and inc["steps_lost"] is None
     assert [a["kind"] for a in inc["actions"]] == ["skip_batches"]
+
+
+def test_a_pause_the_run_chose_is_not_wall_time(tmp_path):
+    """Stopped with --until, resumed a day later: goodput counts the two sessions, not the day between."""
+    run = tmp_path / "paused"
+    run.mkdir()
+    day = 86_400.0
+    rows = [_train(s, 100.0 + s, "cpu", 1.0) for s in range(1, 11)]
+    rows += [_train(s, day + 100.0 + (s - 10), "cpu", 1.0) for s in range(11, 21)]
+    _dump(run / "metrics.jsonl", rows)
+    _dump(run / "events.jsonl", [
+        {"step": 0, "time": 100.0, "kind": "start", "target": "cpu", "detail": ""},
+        {"step": 10, "time": 110.5, "kind": "stop", "target": "cpu", "detail": "stopped after 10 steps"},
+        {"step": 10, "time": day + 99.0, "kind": "resume", "target": "cpu", "detail": "resumed from step-10"},
+        {"step": 10, "time": day + 99.5, "kind": "start", "target": "cpu", "detail": ""},
+        {"step": 20, "time": day + 110.5, "kind": "end", "target": "cpu", "detail": "finished"},
+    ])
+    s = summarize_run(run)
+    assert s["wall_time"] == pytest.approx(10.5 + 11.5)
+    assert s["productive_time"] == pytest.approx(20.0)
+    assert s["ettr"] == pytest.approx(20.0 / 22.0)

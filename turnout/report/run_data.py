@@ -1,4 +1,4 @@
-"""Reading a run directory for the report: tolerant JSONL parsing, surviving steps, the headline numbers.
+"""Reading a run folder for its pages: surviving steps, incidents, the headline numbers.
 
 Everything here works from the files alone (metrics.jsonl, events.jsonl, run.json, config.toml, checkpoints/),
 so a report can be rebuilt at any time, also while the run is going or after it was killed. Odd input never
@@ -11,51 +11,20 @@ time; every line, superseded or not, still counts towards wall time.
 
 from __future__ import annotations
 
-import json
 import math
-import re
 import time as _time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from turnout.train.plots_svg import as_float, as_int
-from turnout.train.report_incidents import find_incidents
+from turnout.report.incidents import find_incidents
+from turnout.report.rundir import MANIFEST, RunDir, read_json_object
+from turnout.report.values import as_float, as_int
 
 # A run with no end event whose files have not changed for this long is taken to have died.
 STALE_AFTER_S = 600.0
-
-
-def read_jsonl(path: Path | str) -> list[dict]:
-    """The JSON objects in a JSONL file, skipping blank, unparsable (e.g. a truncated last) and non-object lines.
-
-    A missing or unreadable file gives an empty list.
-    """
-    return read_jsonl_counted(path)[0]
-
-
-def read_jsonl_counted(path: Path | str) -> tuple[list[dict], int]:
-    """Like read_jsonl, and also how many non-blank lines were skipped as unreadable."""
-    try:
-        # errors="replace": a write cut inside a multi-byte character must not make the whole file unreadable.
-        text = Path(path).read_bytes().decode("utf-8", errors="replace")
-    except OSError:
-        return [], 0
-    rows, skipped = [], 0
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            obj = json.loads(line)  # Python's json accepts NaN/Infinity literals, which the loop may write
-        except (ValueError, RecursionError):
-            skipped += 1
-            continue
-        if isinstance(obj, dict):
-            rows.append(obj)
-        else:
-            skipped += 1
-    return rows, skipped
+# Lifecycle events after which the run was paused on purpose: the time until it resumed is not the run's.
+PAUSES = frozenset({"stop", "end"})
 
 
 def _normalise(row: dict) -> dict:
@@ -117,51 +86,37 @@ def _sorted_by_time(events: list[dict]) -> list[dict]:
     return [e for _, _, e in sorted(keyed, key=lambda k: (k[0], k[1]))]
 
 
-def _read_json(path: Path) -> dict:
-    """A JSON object from a file, or {} when it is missing, unreadable or not an object."""
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8", errors="replace"))
-    except (OSError, ValueError, RecursionError):
-        return {}
-    return obj if isinstance(obj, dict) else {}
-
-
-def _checkpoints(run_dir: Path) -> list[dict]:
-    """The checkpoints/step-N directories with their manifest's step and time, in step order."""
-    root = run_dir / "checkpoints"
-    try:
-        dirs = [p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"step-\d+", p.name)]
-    except OSError:
-        return []
+def _checkpoints(run: RunDir) -> list[dict]:
+    """The checkpoint folders with their manifest's step, time, target and data position, in step order."""
     out = []
-    for d in dirs:
-        mpath = d / "manifest.json"
-        manifest = _read_json(mpath)
-        state = "ok" if manifest else ("unreadable" if mpath.exists() else "missing")
-        step = as_int(manifest.get("step"))
-        out.append({"step": step if step is not None else int(d.name[5:]), "time": as_float(manifest.get("time")),
-                    "target": str(manifest.get("target") or ""), "samples": as_int(manifest.get("samples")),
-                    "path": f"checkpoints/{d.name}", "manifest": state})
+    for step, d in run.checkpoint_folders():
+        manifest = read_json_object(d / MANIFEST)
+        state = "ok" if manifest else ("unreadable" if (d / MANIFEST).exists() else "missing")
+        written = as_int(manifest.get("step"))
+        out.append({"step": step if written is None else written,
+                    "time": as_float(manifest.get("time")), "target": str(manifest.get("target") or ""),
+                    "samples": as_int(manifest.get("samples")), "path": str(d.relative_to(run.root)),
+                    "manifest": state})
     return sorted(out, key=lambda c: (c["step"], c["path"]))
 
 
-def load_run(run_dir: Path | str) -> RunData:
+def load_run(run_dir: Path | str | RunDir) -> RunData:
     """Read a run directory; missing pieces come back empty rather than raising."""
-    run_dir = Path(run_dir)
-    metrics, bad_m = read_jsonl_counted(run_dir / "metrics.jsonl")
-    events, bad_e = read_jsonl_counted(run_dir / "events.jsonl")
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    metrics, bad_m = run.read_metrics()
+    events, bad_e = run.read_events()
     metrics = [_normalise(m) for m in metrics]
-    data = RunData(run_dir=run_dir, skipped_lines=bad_m + bad_e)
+    data = RunData(run_dir=run.root, skipped_lines=bad_m + bad_e)
     data.train = [m for m in metrics if m["kind"] == "train"]
     data.evals = [m for m in metrics if m["kind"] == "eval"]
     data.final_train, data.final_evals = _surviving(metrics)
     data.events = _sorted_by_time([_normalise(e) for e in events])
-    data.info = _read_json(run_dir / "run.json")
+    data.info = run.read_info()
     try:
-        data.config_text = (run_dir / "config.toml").read_text(encoding="utf-8", errors="replace")
+        data.config_text = run.config.read_text(encoding="utf-8", errors="replace")
     except OSError:
         data.config_text = None
-    data.checkpoints = _checkpoints(run_dir)
+    data.checkpoints = _checkpoints(run)
     return data
 
 
@@ -187,6 +142,44 @@ def _status(data: RunData, last_time: float | None, now: float | None) -> tuple[
     return "failed", f"no end event and no activity for {idle:.0f} s (the process probably died)"
 
 
+def _session_begins(events: list[dict]) -> list[float]:
+    """When each worker process began: its `start` event, or the `resume` (and refused checkpoints) it wrote
+    just before."""
+    begins = []
+    for k, e in enumerate(events):
+        if e["kind"] != "start" or not math.isfinite(e["time"]):
+            continue
+        j = k
+        while j > 0 and events[j - 1]["kind"] in ("resume", "checkpoint_refused") \
+                and math.isfinite(events[j - 1]["time"]):
+            j -= 1
+        begins.append(events[j]["time"])
+    return begins
+
+
+def _wall_time(times: list[float], events: list[dict]) -> tuple[float | None, float | None]:
+    """(when the run began, wall time): the time its worker processes ran, plus every gap between one process
+    and the next that the run did not choose. A gap after a crash, a hang or a failover is lost time; a gap
+    after a `stop` (the run was told to pause, `--until`) or an `end` is not: counting the days between a
+    paused run and its resume made a resumed run show 30% goodput."""
+    if not times:
+        return None, None
+    begins = _session_begins(events)
+    if not begins:
+        return times[0], times[-1] - times[0]
+    wall = 0.0
+    for i, b in enumerate(begins):
+        nxt = begins[i + 1] if i + 1 < len(begins) else math.inf
+        end = max((t for t in times if b <= t < nxt), default=b)
+        wall += end - b
+        if nxt < math.inf:
+            ended = [e["kind"] for e in events if e["kind"] in ("start", "stop", "end") and
+                     math.isfinite(e["time"]) and e["time"] < nxt]
+            if not ended or ended[-1] not in PAUSES:
+                wall += nxt - end
+    return begins[0], max(0.0, wall)
+
+
 def _mean(values: list) -> float | None:
     vals = [v for v in (as_float(x) for x in values) if math.isfinite(v)]
     return sum(vals) / len(vals) if vals else None
@@ -195,10 +188,8 @@ def _mean(values: list) -> float | None:
 def summarize(data: RunData, now: float | None = None) -> dict:
     """The headline numbers of a loaded run (see summarize_run for the keys)."""
     times = [m["time"] for m in data.train + data.evals + data.events if math.isfinite(m["time"])]
-    starts = [e["time"] for e in data.events if e["kind"] == "start" and math.isfinite(e["time"])]
-    first = starts[0] if starts else (min(times) if times else None)
     last = max(times) if times else None
-    wall = max(0.0, last - first) if first is not None and last is not None else None
+    first, wall = _wall_time(sorted(times), data.events)
     productive = sum(v for v in (as_float(m.get("step_time")) for m in data.final_train) if math.isfinite(v))
     targets = list(dict.fromkeys(m["target"] for m in data.train if m["target"]))
     if not targets and isinstance(data.info.get("targets"), list):
@@ -251,7 +242,8 @@ def summarize_run(run_dir: Path | str, now: float | None = None) -> dict:
     """The run's headline numbers from its directory, without parsing any HTML.
 
     Keys: name, status (finished/stopped/running/failed/unknown), status_detail, targets (in order of first use),
-    steps (last surviving step), final_loss, final_val_loss, wall_time (s, last record - start event),
+    steps (last surviving step), final_loss, final_val_loss, wall_time (s, the worker processes' time plus
+    the downtime the run did not choose, see _wall_time),
     productive_time (s, step_time summed over surviving steps), ettr (productive / wall, None without wall
     time), incidents (dicts with kind, step, time, target, ttd, ttr, steps_lost, recovery, actions, ...),
     undetected_injections, steps_by_target, tokens_per_s and mfu (means over the last 10% of steps), and more.

@@ -1,6 +1,6 @@
 """Incidents: each detection paired with the fault injection that caused it and the recovery that followed.
 
-Inputs are normalised rows (see report_data): events sorted by time, and train lines. For each detection event
+Inputs are normalised rows (see run_data): events sorted by time, and train lines. For each detection event
 (nan, spike, grad_spike, hang, device_error, sdc):
 
 - injected: the closest earlier `injected` event whose `fault` equals the detection's kind and that no earlier
@@ -22,7 +22,7 @@ from __future__ import annotations
 import bisect
 import math
 
-from turnout.train.plots_svg import as_int
+from turnout.report.values import as_int
 
 DETECTIONS = frozenset({"nan", "spike", "grad_spike", "hang", "device_error", "sdc"})
 RECOVERIES = frozenset({"rollback", "failover", "resume"})

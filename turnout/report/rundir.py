@@ -1,0 +1,138 @@
+"""The folders turnout writes, and the name of every file in them: nothing outside this module spells one.
+
+    RUN/                      RunDir: one training run (`turnout train --out RUN`)
+      config.toml             the run's config, as resolved
+      run.json                name, targets used in order, model args, parameter counts, start time
+      metrics.jsonl           one line per step and per held-out evaluation
+      events.jsonl            every notable thing that happened, with its evidence
+      tokenizer.json          the tokenizer the data was encoded with
+      report.html             the run report (rebuilt from the files above)
+      tensorboard/            event files, when train.log_to has "tensorboard"
+      checkpoints/step-N/     DCP shards, manifest.json, tokenizer.json (written as step-N.tmp/, then renamed)
+    QDIR/                     QualifyDir: one qualification (`turnout qualify --out QDIR`)
+      qualify.json, report.html
+    DEMO/                     DemoDir: `turnout demo --out DEMO`
+      index.html, story.json, run/ (a RunDir), hf/ (the export), qualify-<target>/ (QualifyDirs)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+from turnout import atomic
+from turnout.report.jsonl import read_jsonl
+
+MANIFEST = "manifest.json"  # inside each checkpoint folder
+TOKENIZER = "tokenizer.json"  # beside the run's files and inside each checkpoint folder
+_STEP_RE = re.compile(r"^step-(\d+)$")
+
+
+class RunDir:
+    """A training run's folder: the path of each of its files, and the one reader of its JSONL logs."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        self.config = self.root / "config.toml"
+        self.info = self.root / "run.json"
+        self.metrics = self.root / "metrics.jsonl"
+        self.events = self.root / "events.jsonl"
+        self.tokenizer = self.root / TOKENIZER
+        self.report = self.root / "report.html"
+        self.tensorboard = self.root / "tensorboard"
+        self.checkpoints = self.root / "checkpoints"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunDir) and other.root == self.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)
+
+    def checkpoint(self, step: int) -> Path:
+        """The folder of the checkpoint taken after `step`."""
+        return self.checkpoints / f"step-{step:08d}"
+
+    def checkpoint_folders(self) -> list[tuple[int, Path]]:
+        """(step, folder) of every folder named like a finished checkpoint, oldest first (not verified here)."""
+        try:
+            found = [(int(m.group(1)), p) for p in self.checkpoints.iterdir()
+                     if p.is_dir() and (m := _STEP_RE.match(p.name))]
+        except OSError:
+            return []
+        return sorted(found)
+
+    def partial_checkpoints(self) -> list[Path]:
+        """Checkpoint folders a writer had not finished (`step-N.tmp`)."""
+        return sorted(self.checkpoints.glob("step-*.tmp")) if self.checkpoints.is_dir() else []
+
+    @staticmethod
+    def of_checkpoint(folder: Path | str) -> RunDir | None:
+        """The run a checkpoint folder belongs to (RUN/checkpoints/step-N), or None for a loose folder."""
+        folder = Path(folder)
+        return RunDir(folder.parent.parent) if folder.parent.name == "checkpoints" else None
+
+    def exists(self) -> bool:
+        """Whether this folder holds a run's record (metrics or events); a folder of other files does not."""
+        return self.root.is_dir() and (self.metrics.is_file() or self.events.is_file())
+
+    def read_metrics(self) -> tuple[list[dict], int]:
+        """(metrics rows, unreadable lines skipped); a torn last line is skipped, never an error."""
+        return read_jsonl(self.metrics)
+
+    def read_events(self) -> tuple[list[dict], int]:
+        """(events, unreadable lines skipped)."""
+        return read_jsonl(self.events)
+
+    def read_info(self) -> dict:
+        """run.json as a dict ({} when missing or unreadable)."""
+        return read_json_object(self.info)
+
+    def note_start(self, target: str, **facts) -> dict:
+        """Record in run.json that the run (re)started on `target`: targets in order of first use, the first
+        start time kept across resumes, and `facts` (model args, parameter counts, world size). Atomic."""
+        old = self.read_info()
+        targets = [str(t) for t in old.get("targets", []) if isinstance(t, str)]
+        if target not in targets:
+            targets.append(target)
+        info = {"name": self.root.name, "targets": targets, **facts, "started": old.get("started", time.time())}
+        atomic.write_json(self.info, info)
+        return info
+
+
+class QualifyDir:
+    """A qualification's folder: the result as JSON and the page drawn from it."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        self.result = self.root / "qualify.json"
+        self.report = self.root / "report.html"
+
+    def read_result(self) -> dict:
+        """qualify.json as a dict ({} when missing or unreadable)."""
+        return read_json_object(self.result)
+
+
+class DemoDir:
+    """The demo's folder: one page, its story, the run, the export and a qualification per target."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        self.index = self.root / "index.html"
+        self.story = self.root / "story.json"
+        self.run = RunDir(self.root / "run")
+        self.hf = self.root / "hf"
+
+    def qualification(self, target: str) -> QualifyDir:
+        """The folder of `target`'s qualification (a spec such as sim:flaky becomes qualify-sim-flaky)."""
+        return QualifyDir(self.root / ("qualify-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", target)))
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON object from a file, or {} when missing, unreadable or not an object."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
