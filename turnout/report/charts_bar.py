@@ -69,7 +69,8 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], *, title: str, y_l
             ax.set(xlim=(-0.5, n - 0.5), ylabel=y_label)
         (ax.yaxis if horizontal else ax.xaxis).grid(False)
         ax.tick_params(axis="y" if horizontal else "x", length=0)
-        positive = vals[ok & (vals > 0)]
+        # the threshold line is on the axis too: ticks chosen for the bars alone crowd a wider axis
+        positive = np.append(vals[ok & (vals > 0)], [thr] if thr is not None and thr > 0 else [])
         style_axis(ax.xaxis if horizontal else ax.yaxis, log=log_y,
                    span=(float(positive.min()), float(positive.max())) if positive.size else None)
         c.title()

@@ -16,7 +16,7 @@ import jinja2
 from markupsafe import Markup
 
 from turnout.errors import one_line
-from turnout.report.values import fmt_bytes, fmt_count, fmt_dur, fmt_num, fmt_offset, fmt_pct, fmt_utc, fmt_value
+from turnout.report.values import fmt_bytes, fmt_count, fmt_dur, fmt_offset, fmt_pct, fmt_utc, fmt_value
 
 
 @lru_cache(maxsize=1)
@@ -25,7 +25,7 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("turnout.report", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True)
-    env.filters.update(num=fmt_value, sig=fmt_num, dur=fmt_dur, utc=fmt_utc, pct=fmt_pct, count=fmt_count,
+    env.filters.update(num=fmt_value, dur=fmt_dur, utc=fmt_utc, pct=fmt_pct, count=fmt_count,
                        bytes=fmt_bytes, offset=fmt_offset)
     return env
 

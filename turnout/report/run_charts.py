@@ -61,19 +61,16 @@ def target_bands(rows: list[dict], colors: dict[str, str]) -> list[Band]:
     return bands
 
 
+_CLASS = {"failover": "failover", "rollback": "rollback", "resume": "rollback", "injected": "injected",
+          **{k: "detection" for k in DETECTIONS}, **{k: "action" for k in ACTIONS - {"failover", "rollback", "resume"}}}
+
+
 def _event_class(e: dict) -> str | None:
-    kind = e["kind"]
-    if kind in DETECTIONS:
-        return "detection"
-    if kind == "failover":
-        return "failover"
-    if kind in ("rollback", "resume"):
-        return "rollback"
-    if kind == "injected":
-        return "injected"
-    if kind in ACTIONS or (kind == "loss_check" and e.get("ok") is False):
-        return "action"
-    return None  # checkpoints, starts and ends are not worth a mark
+    """detection, rollback, failover, injected or action; None for what is not worth a mark (checkpoints,
+    starts, ends, a loss check that agreed)."""
+    if e["kind"] == "loss_check":
+        return "action" if e.get("ok") is False else None
+    return _CLASS.get(e["kind"])
 
 
 def lane_events(events: list[dict]) -> list[LaneEvent]:

@@ -199,11 +199,6 @@ def summarize(data: RunData, now: float | None = None) -> dict:
     status, status_detail = _status(data, last, now)
     incidents, undetected = find_incidents(data.events, data.train)
     by_target: Counter = Counter(m["target"] or "?" for m in data.final_train)
-    time_by_target: dict = {}
-    for m in data.final_train:
-        st = as_float(m.get("step_time"))
-        if math.isfinite(st):
-            time_by_target[m["target"] or "?"] = time_by_target.get(m["target"] or "?", 0.0) + st
     tail = data.final_train[-max(1, len(data.final_train) // 10):] if data.final_train else []
     return {
         "name": str(data.info.get("name") or data.run_dir.name),
@@ -211,21 +206,17 @@ def summarize(data: RunData, now: float | None = None) -> dict:
         "status": status,
         "status_detail": status_detail,
         "targets": targets,
-        "configured_targets": data.info.get("targets") if isinstance(data.info.get("targets"), list) else [],
         "fallback": data.info.get("fallback") if isinstance(data.info.get("fallback"), list) else [],
         "steps": last_train["step"] if last_train else 0,
         "final_loss": as_float(last_train.get("loss")) if last_train else None,
         "final_val_loss": as_float(last_eval.get("val_loss")) if last_eval else None,
         "final_val_step": last_eval["step"] if last_eval else None,
         "started": first,
-        "last_time": last,
         "wall_time": wall,
         "productive_time": productive,
         "ettr": productive / wall if wall else None,
-        "train_lines": len(data.train),
         "superseded_lines": len(data.train) - len(data.final_train),
         "steps_by_target": dict(by_target),
-        "productive_time_by_target": time_by_target,
         "tokens_per_s": _mean([m.get("tokens_per_s") for m in tail]),  # over the last 10% of steps
         "mfu": _mean([m.get("mfu") for m in tail]),
         "params": as_int(data.info.get("params")),
