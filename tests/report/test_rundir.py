@@ -87,3 +87,24 @@ def test_jsonl_writes_strict_json_and_reads_torn_files(tmp_path):
     assert skipped == 2  # the list and the torn last line
     JsonlWriter(tmp_path / "off.jsonl", enabled=False).write({"a": 1})
     assert not (tmp_path / "off.jsonl").exists()
+
+
+def test_a_demo_folder_is_claimed_without_losing_what_turnout_did_not_write(tmp_path):
+    mine = tmp_path / "important"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    try:
+        DemoDir(mine).claim()
+        raise AssertionError("a folder of someone else's files was claimed")
+    except ValueError as e:
+        assert "not empty" in str(e)
+    assert (mine / "notes.txt").read_text() == "keep me"
+
+    demo = DemoDir(tmp_path / "demo")
+    demo.claim()  # a new folder
+    for p in (demo.run.root, demo.hf, demo.qualification("cpu").root):
+        p.mkdir()
+    demo.index.write_text("old page")
+    (demo.root / "notes.txt").write_text("mine")  # a person's file next to an earlier demo run
+    demo.claim()
+    assert sorted(p.name for p in demo.root.iterdir()) == [".turnout-demo", "notes.txt"]

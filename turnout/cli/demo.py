@@ -12,13 +12,13 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from turnout.config import ConfigError
 from turnout.report.rundir import DemoDir
 
 HELP = "the whole story on the embedded default: qualify, train with failover, certify, serve, one report"
@@ -26,7 +26,8 @@ PROMPTS = ("ROMEO:", "To be, or not to be", "KING HENRY:")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="runs/demo", help="folder for everything the demo writes (replaced)")
+    p.add_argument("--out", default="runs/demo", help="folder for everything the demo writes (an earlier demo "
+                   "run's files there are replaced; a folder holding anything else is refused)")
     p.add_argument("--config", default=None, help="run config (default: configs/demo.toml)")
     p.add_argument("--target", default="sim:flaky", help="the unproven accelerator")
     p.add_argument("--fallback", default="cpu", help="where the run goes when the target is no longer trusted")
@@ -83,10 +84,11 @@ def run(args: argparse.Namespace) -> int:
     from turnout.cli.main import main
 
     out = Path(args.out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     demo = DemoDir(out)
+    try:
+        demo.claim()  # never removes what an earlier demo run did not write
+    except ValueError as e:
+        raise ConfigError(f"--out {e}") from None
     config = args.config or ("configs/demo.toml" if Path("configs/demo.toml").is_file() else None)
     cfg_args = (["--config", config] if config else []) + [x for s in args.set for x in ("--set", s)]
     t_start = time.time()

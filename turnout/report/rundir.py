@@ -12,13 +12,15 @@
     QDIR/                     QualifyDir: one qualification (`turnout qualify --out QDIR`)
       qualify.json, report.html
     DEMO/                     DemoDir: `turnout demo --out DEMO`
-      index.html, story.json, run/ (a RunDir), hf/ (the export), qualify-<target>/ (QualifyDirs)
+      index.html, story.json, run/ (a RunDir), hf/ (the export), qualify-<target>/ (QualifyDirs),
+      .turnout-demo (the mark that lets a later demo run replace these, and only these)
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -123,6 +125,30 @@ class DemoDir:
         self.story = self.root / "story.json"
         self.run = RunDir(self.root / "run")
         self.hf = self.root / "hf"
+        self.marker = self.root / ".turnout-demo"
+
+    def entries(self) -> list[Path]:
+        """What a demo run left here: the only paths a new demo run may replace."""
+        if not self.root.is_dir():
+            return []
+        own = (self.index, self.story, self.run.root, self.hf, self.marker)
+        return sorted(p for p in self.root.iterdir() if p in own or (p.is_dir() and p.name.startswith("qualify-")))
+
+    def claim(self) -> None:
+        """Make the folder ready for a demo run without losing anything turnout did not write: a missing or
+        empty folder is created, a previous demo run's own files are removed (anything else in it stays), and
+        a folder holding other things is refused (ValueError naming it)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise ValueError(f"{self.root} is a file, not a folder")
+        earlier = self.marker.is_file() or self.story.is_file()  # story.json: a demo run from before the mark
+        if self.root.is_dir() and any(self.root.iterdir()) and not earlier:
+            raise ValueError(f"{self.root} is not empty and holds no earlier demo run; choose another --out or "
+                             f"empty it yourself")
+        for p in self.entries():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(self.marker, "written by turnout demo; a later demo run may replace this folder's "
+                          "demo files (index.html, story.json, run/, hf/, qualify-*/) and nothing else\n")
 
     def qualification(self, target: str) -> QualifyDir:
         """The folder of `target`'s qualification (a spec such as sim:flaky becomes qualify-sim-flaky)."""
