@@ -124,3 +124,17 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     assert a.keys() == b.keys()
     for s in a:  # the same global batch; only the summation order differs
         assert a[s] == pytest.approx(b[s], rel=1e-5)
+
+
+def test_resume_of_nothing_is_refused_and_of_a_finished_run_trains_nothing(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    assert main(["train", *FAST, "--out", str(empty), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "holds no run to resume" in err and len(err.strip().splitlines()) == 1 and not empty.exists()
+    run = tmp_path / "run"
+    assert main(["train", *FAST, "--out", str(run)]) == 0
+    events = _lines(run / "events.jsonl")
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume"]) == 0
+    assert "already complete: 6 steps" in capsys.readouterr().out
+    assert _lines(run / "events.jsonl") == events  # no resume, no end with a NaN loss

@@ -91,6 +91,9 @@ def _supervise(args: argparse.Namespace, config, fallback: list[str]) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.nproc < 1:
         raise ConfigError(f"--nproc: expected an integer >= 1, got {args.nproc}")
+    if args.resume and not RunDir(args.out).exists():
+        raise ConfigError(f"--resume: {args.out} holds no run to resume (no metrics or events); leave out --resume "
+                          f"to start one there")
     config = _config_for(args)  # validate before starting any process
     fallback = [t.strip() for item in args.fallback for t in item.split(",") if t.strip()]
     if fallback:
@@ -129,6 +132,11 @@ def run(args: argparse.Namespace) -> int:
         model, _, folder = load_model(args.out)
         text = sample_text(model, Tokenizer.load(folder / "tokenizer.json"), get_backend("cpu"), args.sample)
         print(f"sample: {args.sample}{text}")
-    print(f"done: {result.step} steps on {result.target}; loss {result.final_loss:.4f}, held-out "
-          f"{result.val_loss:.4f}; run folder {result.run_dir}") if int(os.environ.get("RANK", "0")) == 0 else None
+    if int(os.environ.get("RANK", "0")) == 0:
+        if result.already_complete:
+            print(f"already complete: {result.step} steps on {result.target}; nothing to train (raise train.steps "
+                  f"to go on); run folder {result.run_dir}")
+        else:
+            print(f"done: {result.step} steps on {result.target}; loss {result.final_loss:.4f}, held-out "
+                  f"{result.val_loss:.4f}; run folder {result.run_dir}")
     return 0

@@ -49,6 +49,7 @@ class RunResult:
     final_loss: float
     val_loss: float | None
     target: str
+    already_complete: bool = False  # resumed at or past train.steps: nothing was trained
 
 
 class Trainer:
@@ -288,6 +289,10 @@ def train(config: Config, target: str | Backend | None, run_dir: str | Path, *, 
         "checkpoint_refused", 0, f"{p.name}: {why[0]}", path=str(p))) if resume else None
     if folder is not None:
         m = trainer.resume_from(folder)
+        if m.step >= config.train.steps:  # a finished run: say so, and write nothing (no "end" with a NaN loss)
+            trainer.metrics.close()
+            last = trainer.recent_losses[-1][1] if trainer.recent_losses else math.nan
+            return RunResult(run.root, m.step, last, None, backend.name, already_complete=True)
         trainer.events.emit("resume", m.step, f"resumed from {folder.name} (written on {m.target}, world size "
                             f"{m.world_size}) at sample {m.samples}", path=str(folder), from_target=m.target,
                             from_world_size=m.world_size, samples=m.samples)
