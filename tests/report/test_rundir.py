@@ -5,6 +5,8 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from turnout.report.jsonl import JsonlWriter, read_jsonl
 from turnout.report.rundir import DemoDir, QualifyDir, RunDir
 
@@ -93,11 +95,8 @@ def test_a_demo_folder_is_claimed_without_losing_what_turnout_did_not_write(tmp_
     mine = tmp_path / "important"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    try:
+    with pytest.raises(ValueError, match="not empty"):
         DemoDir(mine).claim()
-        raise AssertionError("a folder of someone else's files was claimed")
-    except ValueError as e:
-        assert "not empty" in str(e)
     assert (mine / "notes.txt").read_text() == "keep me"
 
     demo = DemoDir(tmp_path / "demo")

@@ -7,7 +7,6 @@ the end. Each stage logs a line when it starts and one with its status and time 
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import time
@@ -115,9 +114,9 @@ def qualify(config: Config, target: str | Backend, out_dir: str | Path, *, refer
         "sim": _sim_record(tgt),
         "rules": RULES,
     }
-    qdir = QualifyDir(out)
-    write_json(qdir.result, result)
-    write_qualify_report(qdir, json.loads(json.dumps(_clean(result), default=str)))  # the page reads only the dict
+    qdir, doc = QualifyDir(out), _clean(result)  # doc: plain JSON values, what the file holds and the page reads
+    atomic.write_json(qdir.result, doc)
+    write_qualify_report(qdir, doc)
     return result
 
 
@@ -172,8 +171,3 @@ def _clean(v: Any) -> Any:
     if v is None or isinstance(v, (bool, int, str)):
         return v
     return str(v)
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Atomic write (temp file + rename): readers see the old file or the new one, never half of one."""
-    atomic.write_json(path, _clean(data))

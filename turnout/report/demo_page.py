@@ -35,9 +35,9 @@ def _run(demo: DemoDir) -> dict | None:
 def write_story(out: Path | str, story: dict) -> Path:
     """Write DEMO/index.html and DEMO/story.json (both atomic) and return the page's path."""
     demo = DemoDir(out)
-    cert = read_json_object(demo.run.root / story["certificate"]) if story.get("certificate") else None
+    cert_path = demo.run.root / story["certificate"] if story.get("certificate") else None
+    cert = read_json_object(cert_path) if cert_path else None
     text = render("demo.html.j2", title="turnout demo", story=story, qualify=_qualifications(demo, story),
-                  run=guard(_run, demo), cert=cert,
-                  cert_href=str((demo.run.root / story["certificate"]).relative_to(demo.root)) if cert else "")
+                  run=guard(_run, demo), cert=cert, cert_href=str(cert_path.relative_to(demo.root)) if cert else "")
     atomic.write_json(demo.story, story)
     return atomic.write_text(demo.index, text)
