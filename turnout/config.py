@@ -97,6 +97,8 @@ class HealthSection:
     spike_min_steps: int = _f(20, "steps observed before spike tests apply", lo=2)
     spike_ratio: float = _f(10.0, "also a spike: this many times the window's largest value", lo=1.0, lo_open=True)
     spike_patience: int = _f(3, "consecutive spiking steps before a rollback (runs often heal by themselves)", lo=1)
+    checksums: bool = _f(True, "verify every matrix product of every step, forward and backward, by row checksums "
+                         "(ABFT); a mismatch is an sdc finding")
     verify_interval: int = _f(0, "re-execute every Nth step in place to catch silent corruption; 0 disables", lo=0)
     rerun_rtol: float = _f(1e-6, "relative difference above which two runs of one step on one target differ",
                            lo=0.0)

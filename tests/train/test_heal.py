@@ -133,7 +133,7 @@ def _profile(tmp_path, body: str) -> str:
 def test_transient_sdc_found_by_verification_is_hardware_and_discarded(tmp_path, clean):
     target = _profile(tmp_path, '[[fault]]\nkind = "sdc"\nops = ["mm"]\nat_steps = [30]\nbit = 22\n')
     run = tmp_path / "run"
-    train(_cfg("health.verify_interval=10"), target, run, log=None)
+    train(_cfg("health.verify_interval=10", "health.checksums=false"), target, run, log=None)
     sdc = _events(run, "sdc")
     assert len(sdc) == 1 and sdc[0]["step"] == 30 and sdc[0]["classification"] == "transient"
     assert "matches the reference" in sdc[0]["detail"]
@@ -148,7 +148,8 @@ def test_quiet_sdc_is_caught_by_the_gradient_checksum(tmp_path, clean, bitwise):
     re-run far inside rerun_rtol, only the bit-level gradient checksum differs."""
     target = _profile(tmp_path, '[[fault]]\nkind = "sdc"\nops = ["mm"]\nat_steps = [30]\nbit = 4\n')
     run = tmp_path / "run"
-    train(_cfg("health.verify_interval=10", f"health.rerun_bitwise={str(bitwise).lower()}"), target, run, log=None)
+    train(_cfg("health.verify_interval=10", "health.checksums=false", f"health.rerun_bitwise={str(bitwise).lower()}"),
+          target, run, log=None)
     assert [(e["fault"], e["step"]) for e in _events(run, "injected")] == [("sdc", 30)]
     sdc = _events(run, "sdc")
     if bitwise:
@@ -169,6 +170,29 @@ def test_persistent_sdc_is_classified_by_the_reference_and_its_result_applied(tm
     assert len(sdc) == 1 and sdc[0]["classification"] == "persistent" and "computes wrongly" in sdc[0]["detail"]
     assert not _events(run, "rollback")
     assert _losses(run) == clean  # the reference's step was applied, so the run continues as a clean one
+
+
+def test_checksums_catch_every_transient_flip_on_its_own_step_forward_and_backward(tmp_path):
+    """Flips at steps no sampler picks (no verify_interval), in forward and backward products, on bits >= 22:
+    each is an `sdc` at its own step naming the op, and the run stays bit-identical to a clean one."""
+    faults = [("mm", 7, 22, 5), ("mm", 13, 26, 60), ("_grouped_mm", 17, 30, 8), ("mm", 23, 23, 100),
+              ("bmm", 29, 25, 1), ("addmm", 31, 24, 1)]
+    body = "".join(f'[[fault]]\nkind = "sdc"\nops = ["{op}"]\nat_steps = [{step}]\nbit = {bit}\ncall = {call}\n'
+                   for op, step, bit, call in faults)
+    target = _profile(tmp_path, body)
+    cfg = _cfg("health.max_faults=10", "model.overrides={attn_impl='blocked'}")  # attention as bmm / baddbmm
+    train(cfg, "cpu", tmp_path / "clean", log=None)
+    run = tmp_path / "run"
+    train(cfg, target, run, log=None)
+    injected = {e["step"] for e in _events(run, "injected")}
+    sdc = _events(run, "sdc")
+    assert [e["step"] for e in sdc] == sorted(injected) and len(injected) >= 5
+    assert all(e["classification"] == "transient" and "passes every check" in e["detail"] for e in sdc)
+    assert {e["checks"][0]["phase"] for e in sdc} == {"forward", "backward"}
+    for e in sdc:
+        first = e["checks"][0]
+        assert first["discrepancy"] > first["bound"] > 0 and first["module"].startswith("Transformer.")
+    assert _losses(run) == _losses(tmp_path / "clean")
 
 
 def test_device_error_is_retried_and_repeated_errors_untrust_the_target(tmp_path, clean):

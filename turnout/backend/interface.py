@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from turnout.backend import checksums
 from turnout.backend.spec import DTYPES, TargetSpec
 from turnout.config import Config
 from turnout.errors import one_line
@@ -35,6 +36,7 @@ class Backend(ABC):
         self.spec = spec
         self._dtypes: dict[str, str | None] | None = None
         self._peaks: dict[str, float] = {}
+        self._checksums: tuple[str | None] | None = None
 
     # ---- identity and presence -------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -209,6 +211,13 @@ class Backend(ABC):
             best = min(self._time_matmul(a, b) for _ in range(repeats))
         return 2 * size**3 / best  # the best run: a peak, not a typical time on a busy machine
 
+    def checksum_refusal(self) -> str | None:
+        """Why this target cannot verify matrix products by checksums (turnout.backend.checksums), or None;
+        probed once: the checks' own ops and a small checked matmul run here."""
+        if self._checksums is None:
+            self._checksums = (checksums.probe(self.compute(), self.device()),)
+        return self._checksums[0]
+
     # ---- refusal -------------------------------------------------------------------------------------
     def validate(self, config: Config, *, world_size: int = 1, param_count: int | None = None) -> list[str]:
         """Reasons this target cannot run `config` (empty when it can). Never edits the config.
@@ -226,6 +235,11 @@ class Backend(ABC):
         err = self.probe_dtypes().get(want)
         if err is not None:
             reasons.append(f"train.dtype={want}: {self.name} cannot run {want} ({err})")
+        if config.health.enabled and config.health.checksums:
+            err = self.checksum_refusal()
+            if err is not None:
+                reasons.append(f"health.checksums=true: {self.name} cannot run the product checksums ({err}); "
+                               f"set health.checksums=false to train without them")
         if want == "fp16":
             reasons.append("train.dtype=fp16: training in fp16 needs loss scaling, which turnout does not do; "
                            "use bf16 or fp32")

@@ -107,7 +107,8 @@ def build_model(config: Config, target: str | Backend, info: DistInfo = DistInfo
     optimizer = build_optimizer(model, config.train)
     dtype = backend.compute_dtype(config)
     sharded = info.world_size > 1 and config.train.parallel == "fsdp"
-    runner = StepRunner(model, optimizer, backend, dtype, config.train.grad_clip, sharded)
+    runner = StepRunner(model, optimizer, backend, dtype, config.train.grad_clip, sharded,
+                        checksums=config.health.enabled and config.health.checksums)
     total, active = param_counts(args, mtp=True)
     return Built(config, backend, info, args, model, inner, optimizer, runner, dtype,
                  flops_per_token(args, config.train.seq_len), total, active)

@@ -7,6 +7,9 @@ Decisions (each one an event in RUN/events.jsonl with its evidence):
   transient fault (hardware: counted; the clean re-run is applied). The same result is re-run on the reference
   target: agreement means a real numerical problem (roll back and skip batches); disagreement means the target
   computes wrongly (silent data corruption: counted, and the reference's step is applied where possible).
+- a product whose checksum failed (health.checksums): re-run in place, naming each product's module. A re-run
+  that passes every check means a transient fault (counted; the clean re-run is applied); one that fails again
+  means the target computes wrongly (counted; the reference's step is applied where possible).
 - every `verify_interval` steps a healthy step is re-run in place anyway, so quiet corruption shows; a mismatch
   is arbitrated by the reference, and the result that agrees with it is applied.
 """
@@ -78,6 +81,12 @@ class Healer:
         result = self.compute(step, batches, rng)
         if not self.h.enabled:
             return Outcome(result)
+        rerun = False
+        if result.flagged:
+            outcome = self.checksum_mismatch(step, batches, rng, result)
+            if not outcome.apply:
+                return outcome
+            result, rerun = outcome.result, True
         verdict = self.monitor.check(result)
         for kind, detail in verdict.findings:
             suffix = "" if kind == "nan" else f" ({self.monitor.spiking}/{self.h.spike_patience})"
@@ -85,11 +94,46 @@ class Healer:
         if verdict.reject or verdict.rollback:
             return self.diagnose(step, batches, rng, result, "non-finite step" if verdict.reject else
                                  f"{'/'.join(verdict.kinds)} persisted {self.monitor.spiking} steps")
-        if self.h.verify_interval and step % self.h.verify_interval == 0 and self.reexec.reference_spec:
+        if self.h.verify_interval and step % self.h.verify_interval == 0 and self.reexec.reference_spec and not rerun:
             result = self.verify(step, batches, rng, result)
         if verdict.ok:  # a pending spike is applied but kept out of the history, so it cannot become normal
             self.monitor.observe(result)
         return Outcome(result)
+
+    def checksum_mismatch(self, step: int, batches, rng, original: StepResult) -> Outcome:
+        """Products of this step failed their checksums (on some rank): re-run in place, naming their modules."""
+        found = original.checks.collect() if original.checks is not None else []
+        again = self.reexec.in_place(step, batches, rng, locate=True)
+        if again.checks is not None:  # the re-run runs the same products in the same order
+            for m in found:
+                if m.call < len(again.checks.calls) and again.checks.calls[m.call][0] == m.op:
+                    m.module = again.checks.calls[m.call][3]
+        what = "; ".join(m.describe() for m in found[:3]) or "on another rank"
+        if len(found) > 3:
+            what += f"; and {len(found) - 3} more"
+        what = f"{original.flagged} product checksum(s) failed at step {step}: {what}"
+        evidence = {"checks": [m.to_dict() for m in found[:8]], "flagged": original.flagged}
+        if not again.flagged:
+            self._hardware(step, "transient", f"{what}; an in-place re-run passes every check: a transient fault",
+                           difference=relative_difference(original, again), **evidence)
+            self.events.emit("rerun", step, "applied the clean in-place re-run", where="in_place")
+            return Outcome(again)
+        why = f"{what}; an in-place re-run fails {again.flagged} check(s) again"
+        if not self.reexec.reference_spec:
+            self._hardware(step, "persistent", f"{why} (no reference to consult)", **evidence)
+            return Outcome(again, apply=False, rollback=f"{why}: the target computes wrongly")
+        ref = self.reexec.on_reference(batches, rng)
+        diff_ref = relative_difference(again, ref)
+        self.events.emit("rerun", step, f"re-ran on {self.reexec.reference_spec}: relative difference {diff_ref:.3g}",
+                         where=self.reexec.reference_spec, difference=diff_ref, loss=ref.loss, grad_norm=ref.grad_norm)
+        self._hardware(step, "persistent", f"{why}: the target computes wrongly", difference=diff_ref, **evidence)
+        if self.monitor.healthy(ref) and not self.sharded:
+            self.reexec.reference_grads_into_target()
+            self.events.emit("rerun", step, f"applied {self.reexec.reference_spec}'s result for this step",
+                             where=self.reexec.reference_spec)
+            return Outcome(ref)
+        return Outcome(again, apply=False, rollback=f"{why}: the target computes wrongly and the reference's step "
+                       f"cannot be applied")
 
     def diagnose(self, step: int, batches, rng, original: StepResult, why: str) -> Outcome:
         """Re-run a rejected step in place, then on the reference, and act on what differs."""

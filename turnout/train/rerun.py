@@ -62,12 +62,13 @@ class Reexecutor:
         self.reference_spec = reference
         self._ref: tuple[Backend, Transformer, StepRunner] | None = None
 
-    def in_place(self, step: int, batches, rng: dict[str, torch.Tensor]) -> StepResult:
-        """The same step again on the same target: same data, RNG and step number (sim faults see the same step)."""
+    def in_place(self, step: int, batches, rng: dict[str, torch.Tensor], locate: bool = False) -> StepResult:
+        """The same step again on the same target: same data, RNG and step number (sim faults see the same step);
+        `locate` names the module of each checked product."""
         b = self.runner.backend
         b.set_rng_state(rng)
         b.set_step(step)
-        return self.runner.compute(batches)
+        return self.runner.compute(batches, locate=locate)
 
     def _replica(self) -> tuple[Backend, Transformer, StepRunner]:
         if self._ref is None:

@@ -1,8 +1,9 @@
 """One optimizer step, split in two so a result can be judged before it is applied.
 
 `compute` runs forward + backward over the step's micro-batches and measures (losses, global and per-layer
-gradient norms) without touching the weights; `apply` clips, steps AdamW and moves the router biases. Between
-the two, the health monitor may reject the result and re-run it (in place, or on a reference target).
+gradient norms, and with checksums on, the verdict on every matrix product it ran) without touching the weights;
+`apply` clips, steps AdamW and moves the router biases. Between the two, the health monitor may reject the
+result and re-run it (in place, or on a reference target).
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from torch.utils.module_tracker import ModuleTracker
+
 from turnout.backend import Backend
+from turnout.backend.checksums import ChecksumMode, StepChecks
 from turnout.train.optim import set_lr
 
 
@@ -32,6 +36,8 @@ class StepResult:
     tokens: int  # global tokens in the step
     seconds: float = 0.0  # compute time (forward + backward)
     extra: dict = field(default_factory=dict)
+    checks: StepChecks | None = None  # this rank's product checks (None: checksums off)
+    flagged: int = 0  # products whose checksum failed, summed over ranks
 
     @property
     def finite(self) -> bool:
@@ -74,7 +80,7 @@ class StepRunner:
     """Runs compute/apply for a (possibly wrapped) model on one backend."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, backend: Backend,
-                 dtype: torch.dtype, grad_clip: float, sharded: bool):
+                 dtype: torch.dtype, grad_clip: float, sharded: bool, checksums: bool = False):
         self.model = model
         self.inner = getattr(model, "module", model)
         self.optimizer = optimizer
@@ -84,34 +90,45 @@ class StepRunner:
         self.sharded = sharded  # FSDP2: gradients are shards, so squared norms are summed over ranks
         self.groups = layer_groups(self.inner)
         self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.checksums = ChecksumMode() if checksums else None
 
-    def compute(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> StepResult:
-        """Forward + backward over this rank's micro-batches, leaving averaged gradients in `.grad`."""
+    def compute(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]], locate: bool = False) -> StepResult:
+        """Forward + backward over this rank's micro-batches, leaving averaged gradients in `.grad`. With
+        checksums on, every product is verified; `locate` also names the module each product ran in."""
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         self.inner.reset_expert_loads()
         device = self.backend.device()
-        parts = torch.zeros(4, dtype=torch.float64)
+        parts = torch.zeros(5, dtype=torch.float64)
         n = len(micro_batches)
+        checks = None
         with self.backend.compute():
-            for i, (x, y) in enumerate(micro_batches):
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                sync = contextlib.nullcontext() if i == n - 1 or not hasattr(self.model, "no_sync") \
-                    else self.model.no_sync()
-                with sync:
-                    with self.backend.autocast(self.dtype):
-                        out = self.model(x, targets=y)
-                    (out.loss / n).backward()
-                parts += torch.stack([out.loss, out.ce, out.mtp, out.balance]).detach().double().cpu() / n
+            with contextlib.ExitStack() as stack:
+                if self.checksums is not None:  # above the target's own modes: it sees what the model consumes
+                    tracker = stack.enter_context(ModuleTracker()) if locate else None
+                    checks = self.checksums.start(tracker)
+                    stack.enter_context(self.checksums)
+                for i, (x, y) in enumerate(micro_batches):
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    sync = contextlib.nullcontext() if i == n - 1 or not hasattr(self.model, "no_sync") \
+                        else self.model.no_sync()
+                    with sync:
+                        with self.backend.autocast(self.dtype):
+                            out = self.model(x, targets=y)
+                        (out.loss / n).backward()
+                    parts[:4] += torch.stack([out.loss, out.ce, out.mtp, out.balance]).detach().double().cpu() / n
             norms = self._grad_norms()
         self.backend.synchronize()
-        if self.world > 1:
+        if checks is not None:
+            parts[4] = len(checks.collect())
+        if self.world > 1:  # one collective: the losses' mean and every rank's failed checks
             dist.all_reduce(parts, op=dist.ReduceOp.SUM)
-            parts /= self.world
+            parts[:4] /= self.world
         tokens = sum(int(y.numel()) for _, y in micro_batches) * self.world
         total = math.sqrt(sum(v * v for v in norms.values())) if norms else 0.0
-        loss, ce, mtp, bal = (float(v) for v in parts)
-        return StepResult(loss, ce, mtp, bal, total, norms, tokens, time.perf_counter() - t0)
+        loss, ce, mtp, bal = (float(v) for v in parts[:4])
+        return StepResult(loss, ce, mtp, bal, total, norms, tokens, time.perf_counter() - t0, checks=checks,
+                          flagged=int(parts[4]))
 
     def _grad_norms(self) -> dict[str, float]:
         """Per-group gradient L2 norms (global over ranks); NaN/inf propagate so the monitor sees them."""
