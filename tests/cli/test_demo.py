@@ -53,7 +53,7 @@ def test_demo_tells_the_story(demo):
     for stage in ("1/5 targets", "2/5 qualify", "3/5 train", "4/5 export", "5/5 the report"):
         assert stage in stdout
     story = json.loads((out / "story.json").read_text())
-    assert story["qualify"]["sim:flaky"]["verdict"] in ("inference-only", "unfit")
+    assert story["qualify"]["sim:flaky"]["verdict"] == "inference-only"  # it serves below, as qualified to
     assert story["qualify"]["cpu"]["verdict"] == "train-ready"
     events = [json.loads(x) for x in (out / "run" / "events.jsonl").read_text().splitlines()]
     fo = [e for e in events if e["kind"] == "failover"]

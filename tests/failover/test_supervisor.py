@@ -30,7 +30,7 @@ def _final_val(run: Path) -> float:
 
 
 def test_flaky_fails_over_to_cpu_and_lands_near_a_clean_run(tmp_path):
-    steps = ["--set", "train.steps=130", "--set", "health.verify_interval=10"]
+    steps = ["--set", "train.steps=130"]  # the SDCs at 43 and 97 are caught by the checksums, on their own steps
     flaky, clean = tmp_path / "flaky", tmp_path / "clean"
     r = _turnout("train", *BASE, *steps, "--out", str(flaky), "--target", "sim:flaky", "--fallback", "cpu")
     assert r.returncode == 0, r.stderr[-2000:]

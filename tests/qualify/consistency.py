@@ -6,7 +6,7 @@ from turnout.qualify.stage import Finding
 from turnout.qualify.verdict import LEVELS, decide
 from turnout.qualify.stage import StageResult
 
-STAGES = ["capabilities", "ops", "blocks", "determinism", "training", "collectives", "perf"]
+STAGES = ["capabilities", "ops", "blocks", "determinism", "training", "sdc", "collectives", "perf"]
 
 
 def num(v):
@@ -34,6 +34,11 @@ def check_consistent(r: dict) -> None:
         ev = r["stages"]["ops"]["evidence"]
         assert ev["inference_pass"] == all(o["inference_ok"] for o in ops)
         assert ev["training_pass"] == all(o["training_ok"] for o in ops)
+    sdc = r["stages"]["sdc"]["evidence"]
+    if sdc.get("by_bit_class"):  # the coverage tables add up, and false alarms are what decided, if anything
+        assert sum(c["flips"] for c in sdc["by_bit_class"].values()) == sdc["flips"]
+        assert sum(c["detected"] for c in sdc["by_op"].values()) == sdc["detected"]
+        assert bool(sdc["false_alarms"]["alarms"]) == bool(r["stages"]["sdc"]["findings"])
     tr = r["stages"]["training"]["evidence"]
     if "band" in tr:
         outside = [i + 1 for i, (t, ref, w) in enumerate(zip(tr["target_loss"], tr["reference_loss"], tr["band"]))

@@ -28,6 +28,7 @@ def test_no_findings_is_train_ready():
     (("backward_conformance",), "inference-only"), (("training_parity", "model_gradients"), "inference-only"),
     (("too_slow",), "inference-only"), (("forward_conformance",), "unfit"), (("refused",), "unfit"),
     (("device_error", "training_parity"), "unfit"), (("nondeterministic",), "unfit"), (("whatever_new",), "unfit"),
+    (("training_device_error", "training_parity"), "inference-only"),
 ])
 def test_worst_finding_decides_and_names_its_reasons(kinds, verdict):
     v, reasons = decide([_stage("ops", *kinds)], "t")

@@ -70,7 +70,7 @@ def test_a_device_error_leads_the_training_summary(fresh_work, tmp_path):
     # every step ran and matched the reference: the band figures are true, but they are not why the stage failed
     blip = _sim(tmp_path, '[[fault]]\nkind = "device_error"\nat_steps = [2]\n')
     st = training_parity(fresh_work, blip, get_backend("cpu"), "fp32")
-    assert st.status == "fail" and [f.kind for f in st.findings] == ["device_error"]
+    assert st.status == "fail" and [f.kind for f in st.findings] == ["training_device_error"]
     assert st.summary.startswith("device error at step 2 (its re-run passed); 3 steps; loss within the band at 3 of "
                                  "3 steps"), st.summary
 

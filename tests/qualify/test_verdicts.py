@@ -115,10 +115,11 @@ def test_no_bf16_with_a_bf16_config_is_refused(qualified, target, overrides):
     assert (out / "report.html").is_file()
 
 
-def test_flaky_is_unfit_device_lost_at_step_25(qualified):
+def test_flaky_is_inference_only_device_lost_at_step_25(qualified):
+    """Its forward stages are clean; only training loses the device: it may serve, not train."""
     r, _ = qualified("sim:flaky")
     check_consistent(r)
-    assert r["verdict"] == "unfit"
+    assert r["verdict"] == "inference-only"
     assert any("device lost during training parity at step 25" in x for x in r["reasons"])
     inc = r["stages"]["training"]["evidence"]["incidents"]
     assert [i["step"] for i in inc] == [25] and inc[0]["retried_ok"]

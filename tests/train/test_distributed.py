@@ -68,15 +68,20 @@ def test_resume_one_rank_to_two(tmp_path, reference):
     _close(_metrics(run), reference, range(1, 5))
 
 
-def test_diverged_replicas_are_caught_and_restored(tmp_path, reference):
-    """Rank 1 alone gets a quiet flipped bit in its gradient all_reduce at step 3: losses and norms are all-reduced
-    and cannot show it, the weight checksums do at step 4; the run goes back to step 2 and replays the same data."""
+def _rank1_flip(tmp_path: Path) -> str:
+    """A target whose rank 1 alone gets a quiet bit flip in its all_reduce result at step 3."""
     prof = tmp_path / "one-rank.toml"
     prof.write_text('[profile]\ndescription = "rank 1: a quiet bit flip in its all_reduce result at step 3"\n'
                     '[[fault]]\nkind = "sdc"\nops = ["c10d::allreduce"]\nat_steps = [3]\nbit = 22\nranks = [1]\n')
+    return f"sim:{prof}"
+
+
+def test_diverged_replicas_are_caught_and_restored(tmp_path, reference):
+    """Rank 1 alone gets a quiet flipped bit in its gradient all_reduce at step 3: losses and norms are all-reduced
+    and cannot show it, the weight checksums do at step 4; the run goes back to step 2 and replays the same data."""
     run = tmp_path / "run"
-    _train(run, "--set", "train.parallel='ddp'", "--set", "health.replica_check_interval=2", "--target",
-           f"sim:{prof}", nproc=2)
+    _train(run, "--set", "train.parallel='ddp'", "--set", "health.replica_check_interval=2", "--set",
+           "health.checksums=false", "--target", _rank1_flip(tmp_path), nproc=2)
     ev = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
     seen = [(e["kind"], e["step"]) for e in ev if e["kind"] in ("sdc", "rollback", "checkpoint", "end", "skip_batches")]
     assert seen == [("checkpoint", 2), ("sdc", 4), ("rollback", 5), ("checkpoint", 4), ("end", 4)]
@@ -85,6 +90,20 @@ def test_diverged_replicas_are_caught_and_restored(tmp_path, reference):
     assert next(e for e in ev if e["kind"] == "rollback")["to_step"] == 2
     assert [(e["step"], e["rank"], e["op"]) for e in ev if e["kind"] == "injected"] == [(3, 1, "c10d::allreduce")]
     _close(_metrics(run), reference, range(1, 5))  # the replayed steps are clean: as one process computes them
+
+
+def test_one_ranks_corrupted_all_reduce_is_caught_in_the_same_step(tmp_path, reference):
+    """The same quiet flip in rank 1's reduced gradients at step 3, with the checks on: the conservation check of
+    that bucket fails on rank 1 alone, in step 3; both ranks re-run the step and the clean re-run is applied."""
+    run = tmp_path / "run"
+    _train(run, "--set", "train.parallel='ddp'", "--target", _rank1_flip(tmp_path), nproc=2)
+    ev = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    sdc = [e for e in ev if e["kind"] == "sdc"]
+    assert [(e["step"], e["classification"]) for e in sdc] == [(3, "transient")]
+    seen = [e for e in ev if e["kind"] == "checksum"]
+    assert [(e["step"], e["rank"]) for e in seen] == [(3, 1)] and "c10d::allreduce" in seen[0]["detail"]
+    assert not any(e["kind"] == "rollback" for e in ev)
+    _close(_metrics(run), reference, range(1, 5))
 
 
 def test_a_device_error_one_rank_alone_sees_is_in_the_events(tmp_path, reference):

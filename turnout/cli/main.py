@@ -7,7 +7,7 @@ import sys
 from typing import Callable
 
 from turnout.backend.spec import TargetError
-from turnout.cli import demo, export, generate, parity, qualify, report, serve, targets, train
+from turnout.cli import demo, export, generate, parity, qualify, report, sdc_coverage, serve, targets, train
 from turnout.config import ConfigError
 from turnout.data import DataError
 from turnout.errors import CheckpointError
@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "train": (train.HELP, train.add_arguments, train.run),
     "report": (report.HELP, report.add_arguments, report.run),
     "qualify": (qualify.HELP, qualify.add_arguments, qualify.run),
+    "sdc-coverage": (sdc_coverage.HELP, sdc_coverage.add_arguments, sdc_coverage.run),
     "export": (export.HELP, export.add_arguments, export.run),
     "generate": (generate.HELP, generate.add_arguments, generate.run),
     "serve": (serve.HELP, serve.add_arguments, serve.run),

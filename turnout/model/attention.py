@@ -27,7 +27,9 @@ class _BlockCausal(torch.autograd.Function):
         for i in range(n_blocks):
             L = (i + 1) * c
             bias = F.pad(diag, (L - c, 0))  # [c, L]: earlier blocks fully visible, causal inside this one
-            s = torch.baddbmm(bias, q[:, i * c:L], k[:, :L].transpose(1, 2), alpha=scale)  # [N, c, L]
+            # the mask is added after the product, not as baddbmm's input: a -inf input would leave its rows'
+            # product checksums nothing to compare (and 0 / -inf entries make the two bit-identical)
+            s = torch.bmm(q[:, i * c:L], k[:, :L].transpose(1, 2)).mul_(scale).add_(bias)  # [N, c, L]
             p = torch.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype)
             outs.append(torch.bmm(p, v[:, :L]))
             probs.append(p)

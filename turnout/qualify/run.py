@@ -1,7 +1,7 @@
 """Qualification end to end: run the stages in order, decide the verdict, write DIR/qualify.json and DIR/report.html.
 
 Stage order: capabilities (a refusal stops here), op conformance, block parity, determinism, training parity,
-performance; the two-rank collectives job starts in the background right after capabilities and is collected at
+SDC coverage, performance; the two-rank collectives job starts in the background right after capabilities and is collected at
 the end. Each stage logs a line when it starts and one with its status and time when it ends.
 """
 
@@ -28,6 +28,7 @@ from turnout.qualify.determinism import determinism
 from turnout.qualify.numerics import MAXREL_FACTOR, NORM_FACTOR, RATIO_FACTOR, RATIO_FLOOR
 from turnout.qualify.ops import conformance
 from turnout.qualify.perf import performance
+from turnout.qualify.sdc_coverage import coverage_stage
 from turnout.qualify.stage import Log, StageResult
 from turnout.qualify.trace import trace_step
 from turnout.qualify.training import FLOOR_ULPS, NOISE_ULPS, SAFETY, training_parity
@@ -38,7 +39,8 @@ from turnout.report.rundir import QualifyDir
 from turnout.train.build import refusals
 
 STAGES = (("capabilities", "Capabilities"), ("ops", "Op conformance"), ("blocks", "Block parity"),
-          ("determinism", "Determinism"), ("training", "Training parity"), ("collectives", "Collectives"),
+          ("determinism", "Determinism"), ("training", "Training parity"), ("sdc", "SDC coverage"),
+          ("collectives", "Collectives"),
           ("perf", "Performance"))
 SCHEMA = 1
 # The pass bars the stages apply, recorded in qualify.json so the page (and any later reader) can state them.
@@ -139,6 +141,7 @@ def _stages(run: _Runner, config: Config, tgt: Backend, ref: Backend, s: Setting
     train = run("training", lambda: training_parity(work, tgt, ref, ref.compute_dtype_name(config),
                                                     log=lambda m: log(f"  {m}")),
                 f"{s.steps} steps, {work.tokens_per_step} tokens each")
+    run("sdc", lambda: coverage_stage(work, tgt, s), f"{s.sdc_flips} bit flips over {s.sdc_steps} steps")
     if job is None:
         run.skip("collectives", "skipped (--skip-collectives)")
     else:  # collected before perf, so that its two ranks are gone before anything is timed

@@ -31,7 +31,7 @@ class Finding:
 class StageResult:
     """One stage's outcome. `evidence` is JSON-ready and holds the numbers the report draws."""
 
-    name: str  # capabilities | ops | blocks | determinism | training | collectives | perf
+    name: str  # capabilities | ops | blocks | determinism | training | sdc | collectives | perf
     title: str
     status: str = PASS
     summary: str = ""

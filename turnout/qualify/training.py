@@ -221,8 +221,9 @@ def training_parity(work: Workload, target: Backend, reference: Backend, dtype: 
                        f"+ {FLOOR_ULPS:g} ulp(fp32) x |reference|"})
     for inc in t.incidents:
         what = "device lost" if inc["kind"] == "device_error" else inc["kind"].replace("_", " ")
-        kind = "missing_training_op" if inc["kind"] == "missing_op" else inc["kind"]
-        kind = "device_error" if kind == "hang" else kind
+        # the device lost or hung under training load, after the forward-only stages ran clean on it
+        kind = "missing_training_op" if inc["kind"] == "missing_op" else "training_device_error" \
+            if inc["kind"] in ("device_error", "hang") else inc["kind"]
         st.find(kind, f"{what} during training parity at step {inc['step']} on {target.name}: {inc['error']}"
                       + (" (a re-run of the step succeeded)" if inc.get("retried_ok") else ""))
     outside = [i for i in range(n) if not abs(t.loss[i] - r_loss[i]) <= w_loss[i]]

@@ -2,11 +2,12 @@
 
     unfit           cannot be trusted at all: the target is absent or refuses the config; an op serving needs fails
                     or is missing (forward conformance); a block's forward output is off; the device faults (lost,
-                    hung) or gives different results for the same step (nondeterministic / corrupt); collectives
-                    return wrong values
+                    hung) in a forward stage or gives different results for the same step (nondeterministic /
+                    corrupt); collectives return wrong values
     inference-only  serving works but training does not: an op only training runs fails or is missing (backward
                     kernels, the fused loss), a gradient is off (op autograd, block or whole-model gradients),
-                    training parity leaves the reference band, training is too slow to be usable, or collectives
+                    training parity leaves the reference band, the device is lost or hangs only under training,
+                    the product checksums fail on clean steps (a checked run could not train), training is too slow to be usable, or collectives
                     hang or fail (no data-parallel training)
     train-ready     no finding at all (warnings -- host fallbacks, slow dtypes the run does not use, needing
                     deterministic mode -- are reported but do not decide)
@@ -36,6 +37,8 @@ LEVELS: dict[str, str] = {
     "block_gradients": INFERENCE_ONLY,
     "model_gradients": INFERENCE_ONLY,
     "training_parity": INFERENCE_ONLY,
+    "training_device_error": INFERENCE_ONLY,
+    "checksum_false_alarms": INFERENCE_ONLY,
     "too_slow": INFERENCE_ONLY,
     "collectives_hang": INFERENCE_ONLY,
     "collectives_error": INFERENCE_ONLY,

@@ -45,6 +45,8 @@ class Settings:
     hang_timeout: float = 30.0  # a target step (compute or optimizer step) that takes longer counts as a hang
     min_speed: float = 0.1  # training below this share of the reference's tokens/s is "too slow"
     threads: int = 1  # torch intra-op threads while qualifying (0: leave as is); see the module docstring
+    sdc_steps: int = 12  # steps of the SDC-coverage campaign (each also a clean and a jittered false-alarm sample)
+    sdc_flips: int = 24  # single-bit flips it injects into product outputs
 
     def check(self) -> Settings:
         for key, lo in (("steps", 2), ("determinism_repeats", 2)):

@@ -116,6 +116,15 @@ class QualifyDir:
         return read_json_object(self.result)
 
 
+class CoverageDir:
+    """An sdc-coverage campaign's folder: the figures and records as JSON and the page drawn from them."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        self.result = self.root / "sdc-coverage.json"
+        self.report = self.root / "sdc-coverage.html"
+
+
 class DemoDir:
     """The demo's folder: one page, its story, the run, the export and a qualification per target."""
 

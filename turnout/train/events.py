@@ -15,7 +15,7 @@ from typing import Any
 from turnout.report.jsonl import JsonlWriter
 
 #: what one rank can see alone; every other event follows all-reduced numbers, so rank 0 writes it for all
-RANK_LOCAL_KINDS = frozenset({"device_error"})
+RANK_LOCAL_KINDS = frozenset({"device_error", "checksum"})
 
 
 class EventLog(JsonlWriter):

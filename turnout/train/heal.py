@@ -49,6 +49,7 @@ class Healer:
         self.policy = TrustPolicy(h)
         self.reexec = Reexecutor(runner, h.reference)
         self.sharded = sharded
+        self._told_unchecked = False
 
     # ---- measuring, with device-error retries ----------------------------------------------------------
     def compute(self, step: int, batches, rng: dict[str, torch.Tensor]) -> StepResult:
@@ -82,6 +83,12 @@ class Healer:
         if not self.h.enabled:
             return Outcome(result)
         rerun = False
+        if result.checks is not None and result.checks.unchecked and not self._told_unchecked:
+            self._told_unchecked = True
+            ops = ", ".join(f"{op} x{n}" for op, n in sorted(result.checks.unchecked.items()))
+            self.events.emit("checksums", step, f"{len(result.checks)} products per step are checked; these are not: "
+                             f"{ops} (model.overrides.attn_impl = 'blocked' runs attention as checked products)",
+                             checked=len(result.checks), unchecked=dict(result.checks.unchecked))
         if result.flagged:
             outcome = self.checksum_mismatch(step, batches, rng, result)
             if not outcome.apply:
@@ -100,6 +107,24 @@ class Healer:
             self.monitor.observe(result)
         return Outcome(result)
 
+    def apply(self, step: int, result: StepResult, lr: float) -> torch.Tensor:
+        """Apply the step (StepRunner.apply); an optimizer step that failed its check was taken again from the
+        saved state: passing then is a transient fault, failing again makes the target untrusted."""
+        loads = self.runner.apply(result, lr)
+        found = self.runner.optimizer_findings
+        if found and found[0]:
+            what = "; ".join(f"{w} off by {r:.3g}x its bound" for w, r in found[0][:3])
+            what = f"the AdamW step failed {len(found[0])} check(s) at step {step}: {what}"
+            evidence = {"checks": [{"tensor": w, "ratio": r} for w, r in found[0][:8]]}
+            if len(found) > 1 and not found[1]:
+                self._hardware(step, "transient", f"{what}; taken again from the saved state it passes: a transient "
+                               f"fault", **evidence)
+            else:
+                self._hardware(step, "persistent", f"{what}; taken again it fails again", **evidence)
+                raise TargetUntrusted(f"step {step}: the optimizer step cannot be computed correctly on this target",
+                                      "sdc")
+        return loads
+
     def checksum_mismatch(self, step: int, batches, rng, original: StepResult) -> Outcome:
         """Products of this step failed their checksums (on some rank): re-run in place, naming their modules."""
         found = original.checks.collect() if original.checks is not None else []
@@ -111,8 +136,10 @@ class Healer:
         what = "; ".join(m.describe() for m in found[:3]) or "on another rank"
         if len(found) > 3:
             what += f"; and {len(found) - 3} more"
-        what = f"{original.flagged} product checksum(s) failed at step {step}: {what}"
+        what = f"{original.flagged} checksum(s) failed at step {step}: {what}"
         evidence = {"checks": [m.to_dict() for m in found[:8]], "flagged": original.flagged}
+        if found and self.runner.world > 1:  # other ranks write only rank-local kinds: say what this one saw
+            self.events.emit("checksum", step, what, **evidence)
         if not again.flagged:
             self._hardware(step, "transient", f"{what}; an in-place re-run passes every check: a transient fault",
                            difference=relative_difference(original, again), **evidence)

@@ -153,7 +153,7 @@ class Trainer:
                 self.rollback(onset, outcome.rollback)
                 return None
             lr = lr_at(self.step, self.config.train, self.rollbacks.lr_scale)
-            loads = b.runner.apply(outcome.result, lr)
+            loads = self.healer.apply(step, outcome.result, lr)
         finally:
             self.watchdog.end()
             self.truth.drain()

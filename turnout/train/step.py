@@ -20,6 +20,8 @@ from torch.utils.module_tracker import ModuleTracker
 
 from turnout.backend import Backend
 from turnout.backend.checksums import ChecksumMode, StepChecks
+from turnout.train import conservation
+from turnout.train.optim_check import AdamWCheck, mismatches
 from turnout.train.optim import set_lr
 
 
@@ -91,6 +93,11 @@ class StepRunner:
         self.groups = layer_groups(self.inner)
         self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         self.checksums = ChecksumMode() if checksums else None
+        if self.checksums is not None and self.world > 1 and hasattr(model, "register_comm_hook"):  # DDP
+            conservation.install(model, lambda: self.checksums.checks)
+        names = {id(p): n.removeprefix("module.") for n, p in model.named_parameters()}
+        self.adamw_check = AdamWCheck(optimizer, names) if checksums else None
+        self.optimizer_findings: list[list[tuple[str, float]]] = []  # the last apply's checks: first run, re-run
 
     def compute(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]], locate: bool = False) -> StepResult:
         """Forward + backward over this rank's micro-batches, leaving averaged gradients in `.grad`. With
@@ -152,14 +159,24 @@ class StepRunner:
         return int(total)
 
     def apply(self, result: StepResult, lr: float) -> torch.Tensor:
-        """Clip to grad_clip, step AdamW at `lr`, update router biases from the global expert loads; returns them."""
+        """Clip to grad_clip, step AdamW at `lr`, update router biases from the global expert loads; returns them.
+        With checksums on, the AdamW step is checked by a second evaluation (turnout.train.optim_check); what it
+        found is left in `optimizer_findings`."""
         with self.backend.compute():
             if self.grad_clip > 0 and result.grad_norm > self.grad_clip:
                 coef = self.grad_clip / (result.grad_norm + 1e-6)
                 grads = [_local(p.grad) for _, ps in self.groups for p in ps if p.grad is not None]
                 torch._foreach_mul_(grads, coef)
             set_lr(self.optimizer, lr)
+            saved = self.adamw_check.before() if self.adamw_check is not None else None
             self.optimizer.step()
+            self.optimizer_findings = []
+            if saved is not None:  # checked: a failed step is taken again from the saved state, and checked again
+                self.optimizer_findings.append(mismatches(*self.adamw_check.after(saved)))
+                if self.optimizer_findings[0]:
+                    self.adamw_check.restore(saved)
+                    self.optimizer.step()
+                    self.optimizer_findings.append(mismatches(*self.adamw_check.after(saved)))
             loads = self.inner.update_expert_bias()
         self.optimizer.zero_grad(set_to_none=True)
         return loads

@@ -1,0 +1,34 @@
+"""`turnout sdc-coverage` end to end on a few debug steps: the figures add up, flips are placed by the campaign's
+own draws, the page renders, and bad input is one line with exit 2."""
+
+import json
+
+from turnout.cli.main import main
+
+SMALL = ["--set", "train.batch_size=2", "--set", "train.seq_len=16", "--set", "model.preset='debug'"]
+
+
+def test_campaign_writes_consistent_figures_and_a_page(tmp_path, capsys):
+    out = tmp_path / "cov"
+    assert main(["sdc-coverage", "--config", "configs/debug.toml", "--flips", "12", "--steps", "4", "--seed", "3",
+                 "--out", str(out), *SMALL]) == 0
+    r = json.loads((out / "sdc-coverage.json").read_text())
+    assert r["flips"] == len(r["records"]) == 12 and r["steps"] == 4
+    assert r["false_alarms"]["alarms"] == 0
+    assert sum(c["flips"] for c in r["by_bit_class"].values()) == 12
+    assert r["detected"] == sum(rec["detected"] for rec in r["records"])
+    assert len({(rec["step"], rec["op"], rec["bit"]) for rec in r["records"]}) > 6  # spread, not one spot
+    for rec in r["records"]:  # a flip that made a value non-finite or huge is never missed
+        if rec["bit_class"] == "exponent" and abs(rec["after"] if isinstance(rec["after"], float) else 1e30) > 1e20:
+            assert rec["detected"], rec
+    page = (out / "sdc-coverage.html").read_text()
+    assert "<svg" in page and "By bit class" in page
+    assert "flips detected" in capsys.readouterr().out
+
+
+def test_bad_input_is_one_line(tmp_path, capsys):
+    assert main(["sdc-coverage", "--config", "configs/debug.toml", "--flips", "0", "--out", str(tmp_path)]) == 2
+    assert main(["sdc-coverage", "--config", "configs/debug.toml", "--set", "health.checksums=false",
+                 "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--flips" in err[0] and "health.checksums" in err[1]

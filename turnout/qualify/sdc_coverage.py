@@ -1,0 +1,242 @@
+"""How well the product checksums protect a run, measured by injection (`turnout sdc-coverage`).
+
+A short training run on the target; at every step the step is computed clean (any checksum failure is a false
+alarm), again with every product output jittered by up to 2 ulp (what a correct device that orders its sums
+differently does: the run's own noise, and a second false-alarm sample), then once per flip assigned to that
+step with one bit of one element of one product output flipped: a random product call of the step (forward
+or backward, fused attention included), element and bit. The clean result is applied, so the model moves on
+as a clean run would and later flips meet later weights. A flip counts as detected when the step's checks
+fail; as harmful when it moves the step's loss or gradient norms by more than the jitter did at that step (and
+by more than the jitter's median effect over the run).
+
+Faults are placed only by the campaign's own seeded draws, never at steps or calls a detector looks at.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import time
+from collections import defaultdict
+from typing import Any, Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from turnout.backend import Backend
+from turnout.backend.checksums import CHECKED_OPS
+from turnout.backend.sim_faults import UlpJitter, flip_bit
+from turnout.backend import get_backend
+from turnout.config import Config, from_dict
+from turnout.qualify.stage import StageResult
+from turnout.qualify.workload import Settings, Workload
+from turnout.train.build import build_dataset, build_model
+from turnout.train.dist import DistInfo
+from turnout.train.rerun import GradSnapshot, relative_difference
+from turnout.train.schedule import lr_at
+
+BIT_CLASSES = ("sign", "exponent", "top-3 mantissa", "other mantissa")
+_LAYOUT = {torch.float32: (31, 23), torch.bfloat16: (15, 7), torch.float16: (15, 10), torch.float64: (63, 52)}
+
+
+def bit_class(bit: int, dtype: torch.dtype) -> str:
+    """Which class bit `bit` of a `dtype` number belongs to."""
+    sign, mantissa = _LAYOUT[dtype]
+    if bit == sign:
+        return "sign"
+    if bit >= mantissa:
+        return "exponent"
+    return "top-3 mantissa" if bit >= mantissa - 3 else "other mantissa"
+
+
+def _is_product(func: Any) -> bool:
+    return func in CHECKED_OPS or "attention" in func.overloadpacket.__name__
+
+
+def _phase() -> str:
+    return "backward" if torch._C._current_graph_task_id() != -1 else "forward"
+
+
+def _first_float(out: Any) -> tuple[int, torch.Tensor] | None:
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    return next(((i, t) for i, t in enumerate(outs) if isinstance(t, torch.Tensor) and t.is_floating_point()
+                 and t.numel()), None)
+
+
+class _Products(TorchDispatchMode):
+    """Below the checksum mode: counts the model's product calls, and either flips one bit of one element of call
+    `at` (a fraction `where` into its first floating output) or jitters every product output."""
+
+    def __init__(self, at: int = -1, where: float = 0.0, bit: int = 0, jitter: UlpJitter | None = None):
+        super().__init__()
+        self.at, self.where, self.bit, self.jitter = at, where, bit, jitter
+        self.calls = 0
+        self.flip: dict[str, Any] | None = None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not _is_product(func):
+            return out
+        i, self.calls = self.calls, self.calls + 1
+        found = _first_float(out)
+        if found is None or (i != self.at and self.jitter is None):
+            return out
+        j, t = found
+        if self.jitter is not None:
+            new = self.jitter(t, func.overloadpacket.__name__)
+        else:
+            index = min(int(self.where * t.numel()), t.numel() - 1)
+            new, bit = flip_bit(t, index, self.bit)
+            new = new.view(t.shape)
+            self.flip = {"op": f"aten::{func.overloadpacket.__name__}", "phase": _phase(), "dtype": t.dtype,
+                         "bit": bit, "before": float(t.reshape(-1)[index]), "after": float(new.reshape(-1)[index]),
+                         "time": time.perf_counter()}
+        if func._schema.returns and func._schema.returns[0].alias_info is not None:  # in place: the caller's tensor
+            t.copy_(new)
+            return out
+        if isinstance(out, (tuple, list)):
+            return type(out)(new if k == j else o for k, o in enumerate(out))
+        return new
+
+
+def _rate(hit: int, n: int) -> float | None:
+    return hit / n if n else None
+
+
+def _table(rows: list[dict], key: str) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for r in rows:
+        c = out.setdefault(r[key], {"flips": 0, "detected": 0, "harmful": 0, "harmful_escaped": 0})
+        c["flips"] += 1
+        c["detected"] += r["detected"]
+        c["harmful"] += r["harmful"]
+        c["harmful_escaped"] += r["harmful"] and not r["detected"]
+    for c in out.values():
+        c["rate"] = _rate(c["detected"], c["flips"])
+    return out
+
+
+def run_campaign(config: Config, target: str | Backend, *, flips: int, steps: int, seed: int,
+                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Inject `flips` single-bit flips over `steps` training steps of `config` on `target`; returns the figures
+    (see the module doc) and one record per flip."""
+    if not config.health.checksums:
+        raise ValueError("health.checksums is off: there is nothing to measure")
+    built = build_model(config, target)
+    runner, backend = built.runner, built.backend
+    dataset = build_dataset(config, built.args, DistInfo(), None)
+    sampler = dataset.sampler(config.train.seq_len, config.train.seed)
+    draw = random.Random(seed)
+    per_step = [flips // steps + (1 if s < flips % steps else 0) for s in range(steps)]
+    draw.shuffle(per_step)
+    jitter = UlpJitter(seed + 1, 2)
+    records: list[dict] = []
+    alarms: list[dict] = []
+    noise: list[float] = []
+    t0 = time.perf_counter()
+    for s in range(steps):
+        x, y = sampler.next_batch(config.train.batch_size)
+        batches = list(zip(x.chunk(config.train.grad_accum), y.chunk(config.train.grad_accum)))
+        rng = backend.get_rng_state()
+        count = _Products()
+        with count:
+            clean = runner.compute(batches)
+        if clean.flagged:
+            alarms.append({"step": s + 1, "kind": "clean", "checks": [m.to_dict() for m in clean.checks.collect()]})
+        snap = GradSnapshot(runner)
+        backend.set_rng_state(rng)
+        with _Products(jitter=jitter):
+            jittered = runner.compute(batches)
+        if jittered.flagged:
+            alarms.append({"step": s + 1, "kind": "jittered",
+                           "checks": [m.to_dict() for m in jittered.checks.collect()]})
+        step_noise = relative_difference(clean, jittered)
+        noise.append(step_noise)
+        for _ in range(per_step[s]):
+            backend.set_rng_state(rng)
+            inj = _Products(at=draw.randrange(count.calls), where=draw.random(), bit=draw.randrange(64))
+            with inj:
+                faulty = runner.compute(batches)
+            done = time.perf_counter()
+            f = inj.flip
+            if f is None:
+                continue
+            effect = relative_difference(clean, faulty)
+            records.append({"step": s + 1, "op": f["op"], "phase": f["phase"], "bit": f["bit"],
+                            "bit_class": bit_class(f["bit"], f["dtype"]), "dtype": str(f["dtype"]).removeprefix("torch."),
+                            "before": f["before"], "after": f["after"], "detected": bool(faulty.flagged),
+                            "effect": effect if math.isfinite(effect) else "inf", "noise": step_noise,
+                            "detect_s": done - f["time"]})
+        snap.restore(runner)
+        runner.apply(clean, lr_at(s, config.train, 1.0))
+        if log is not None and ((s + 1) % max(steps // 10, 1) == 0 or s + 1 == steps):
+            caught = sum(r["detected"] for r in records)
+            log(f"[sdc-coverage] step {s + 1}/{steps}: {len(records)} flips, {caught} detected, "
+                f"{len(alarms)} false alarm(s), {time.perf_counter() - t0:.0f} s")
+    return _summary(config, built, built.backend.name, records, alarms, noise, steps, seed, time.perf_counter() - t0)
+
+
+def _summary(config: Config, built, target: str, records: list[dict], alarms: list[dict], noise: list[float],
+             steps: int, seed: int, seconds: float) -> dict[str, Any]:
+    typical = statistics.median(noise) if noise else 0.0
+    for r in records:  # beyond the run's own noise: its step's jitter effect, and never below the typical one
+        effect = math.inf if r["effect"] == "inf" else r["effect"]
+        r["harmful"] = not effect <= max(r["noise"], typical)
+    escaped = [r for r in records if not r["detected"]]
+    strong = [r for r in records if r["bit_class"] != "other mantissa"]
+    times = [r["detect_s"] for r in records if r["detected"]]
+    by_op_bits: dict[str, dict[str, int]] = defaultdict(lambda: {"flips": 0, "detected": 0})
+    for r in strong:
+        by_op_bits[r["op"]]["flips"] += 1
+        by_op_bits[r["op"]]["detected"] += r["detected"]
+    return {
+        "target": target, "device": built.backend.device_name(), "dtype": str(built.dtype).removeprefix("torch."),
+        "preset": config.model.preset, "attn_impl": built.args.attn_impl, "seed": seed, "steps": steps,
+        "flips": len(records), "seconds": seconds,
+        "detected": sum(r["detected"] for r in records),
+        "high_bits": {"flips": len(strong), "detected": sum(r["detected"] for r in strong),
+                      "rate": _rate(sum(r["detected"] for r in strong), len(strong))},
+        "by_bit_class": {k: v for k, v in sorted(_table(records, "bit_class").items(),
+                                                 key=lambda kv: BIT_CLASSES.index(kv[0]))},
+        "by_op": _table(records, "op"), "by_phase": _table(records, "phase"),
+        "high_bits_by_op": {op: {**c, "rate": _rate(c["detected"], c["flips"])} for op, c in by_op_bits.items()},
+        "escaped": {"flips": len(escaped), "harmful": sum(r["harmful"] for r in escaped),
+                    "harmful_records": [r for r in escaped if r["harmful"]][:20]},
+        "false_alarms": {"clean_steps": steps, "jittered_steps": steps, "alarms": len(alarms), "records": alarms[:20]},
+        "noise": {"median": statistics.median(noise) if noise else None, "max": max(noise) if noise else None},
+        "detect_seconds": {"median": statistics.median(times) if times else None, "max": max(times) if times else None,
+                           "note": "from the flip to the step's verdict; every detection is in the step it happened"},
+        "records": records,
+    }
+
+
+def coverage_stage(work: Workload, target: Backend, settings: Settings) -> StageResult:
+    """The qualification's short campaign on the qualification batch, with checksums on: how well a run on
+    `target` will be protected. False alarms decide (a checked run could not train there); escapes are shown."""
+    st = StageResult("sdc", "SDC coverage")
+    refusal = target.checksum_refusal()
+    if refusal is not None:
+        st.warnings.append(f"the product checksums cannot run on {target.name} ({refusal}): a run there is unprotected")
+        st.summary = "not measured: the checks cannot run on this target"
+        return st
+    raw = work.config.to_dict()
+    raw["health"]["checksums"] = raw["health"]["enabled"] = True
+    fresh = get_backend(target.name)  # its own fault schedule: the campaign's flips are the only scheduled faults
+    r = run_campaign(from_dict(raw), fresh, flips=settings.sdc_flips, steps=settings.sdc_steps, seed=0)
+    hb, esc, fa = r["high_bits"], r["escaped"], r["false_alarms"]
+    st.evidence = {k: v for k, v in r.items() if k != "records"}
+    st.evidence["escaped"] = {**esc, "harmful_records": esc["harmful_records"][:5]}
+    st.summary = (f"{r['detected']}/{r['flips']} flips detected; sign, exponent and top-3 mantissa "
+                  f"{hb['detected']}/{hb['flips']}; {esc['harmful']} harmful escaped; {fa['alarms']} false alarm(s) "
+                  f"on {fa['clean_steps']} clean and {fa['jittered_steps']} jittered steps")
+    if fa["alarms"]:
+        first = fa["records"][0]["checks"][0] if fa["records"] and fa["records"][0]["checks"] else {}
+        st.find("checksum_false_alarms", f"the product checksums fail on {fa['alarms']} clean step run(s) of "
+                f"{target.name} (first: {first.get('op', '?')} {first.get('phase', '')}, off by "
+                f"{first.get('discrepancy', float('nan')):.3g} against a bound of {first.get('bound', float('nan')):.3g}"
+                f"): its products are not as exact as their dtype, so a checked run would flag every step")
+    if esc["harmful"]:
+        st.warnings.append(f"{esc['harmful']} of {r['flips']} injected flips changed the step beyond its noise and were not "
+                f"detected (see the ops they hit)")
+    return st
