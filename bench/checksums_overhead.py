@@ -1,10 +1,12 @@
-"""The training step with product checksums on vs off, in one process, and the share that goes to the checks.
+"""The training step with checksums on vs off, in one process, and the share that goes to the checks.
 
     python bench/checksums_overhead.py [--config configs/tiny.toml] [--target cpu] [--iters 8]
 
-Both sides build the same model from the same seed and run `StepRunner.compute` (forward + backward over one
-global batch) on the same batch; runs alternate so machine-load drift hits both alike; medians are reported.
-The checks' own time is the difference. Prints the machine so the figure names where it ran.
+Both sides build the same model from the same seed and run the step's compute (`StepRunner.compute`: forward +
+backward over one global batch, every product checked) and its apply (`StepRunner.apply`: AdamW, checked by a
+second evaluation) on the same batch; runs alternate so machine-load drift hits both alike; medians are
+reported, for the whole step and for the optimizer step alone. Prints the machine so the figure names where
+it ran.
 """
 
 from __future__ import annotations
@@ -17,16 +19,6 @@ import torch
 
 from turnout.config import load_config
 from turnout.train.build import build_model
-
-
-def machine() -> str:
-    """The CPU model from /proc/cpuinfo (the figure depends on it), else what Python knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        import platform
-        return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -44,20 +36,26 @@ def main() -> None:
     x = torch.randint(0, runs[True].args.vocab_size, (t.batch_size, t.seq_len))
     y = torch.randint(0, runs[True].args.vocab_size, (t.batch_size, t.seq_len))
     times: dict[bool, list[float]] = {False: [], True: []}
+    opt: dict[bool, list[float]] = {False: [], True: []}
     for i in range(a.iters + 1):
         for on in (False, True):
             b = runs[on]
             t0 = time.perf_counter()
             r = b.runner.compute([(x, y)])
+            t1 = time.perf_counter()
+            b.runner.apply(r, t.lr)
             b.backend.synchronize()
             if i:  # the first round warms up
                 times[on].append(time.perf_counter() - t0)
+                opt[on].append(time.perf_counter() - t1)
     off, on = statistics.median(times[False]), statistics.median(times[True])
+    opt_off, opt_on = statistics.median(opt[False]), statistics.median(opt[True])
     checked = len(r.checks) if r.checks is not None else 0
-    print(f"machine: {machine()}, {torch.get_num_threads()} threads; "
+    print(f"machine: {runs[True].backend.device_name()}, {torch.get_num_threads()} threads; "
           f"target {a.target}; {a.config}; {checked} products checked per step, unchecked: {dict(r.checks.unchecked)}")
-    print(f"step (forward+backward): checksums off {off * 1e3:.1f} ms, on {on * 1e3:.1f} ms; "
-          f"overhead {on / off - 1:.1%}; checks' share of the checked step {(on - off) / on:.1%}")
+    print(f"step (forward, backward, AdamW): checksums off {off * 1e3:.1f} ms, on {on * 1e3:.1f} ms; overhead "
+          f"{on / off - 1:.1%}; the checks' share of the checked step {(on - off) / on:.1%}; of it the AdamW "
+          f"step {opt_off * 1e3:.1f} ms vs {opt_on * 1e3:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -142,7 +142,9 @@ def fault_classes(root: Path) -> list[dict]:
             undo()
         rows.append(incident_row(name, run, {"grad": "grad_spike"}.get(kind, kind)))
     cases = (("SDC bit flip, transient (verification)", "sdc", '[[fault]]\nkind = "sdc"\nops = ["mm"]\n'
-              'at_steps = [30]\nbit = 22\n', ("health.verify_interval=10",)),
+              'at_steps = [30]\nbit = 22\n', ("health.verify_interval=10", "health.checksums=false")),
+             ("SDC bit flip, transient (checksums)", "sdc", '[[fault]]\nkind = "sdc"\nops = ["mm"]\n'
+              'at_steps = [31]\nbit = 22\n', ()),
              ("SDC bit flip, persistent", "sdc", '[[fault]]\nkind = "sdc"\nops = ["mm"]\nat_steps = [30]\nbit = 30\n'
               'repeat = true\n', ()),
              ("device error (retried)", "device_error", '[[fault]]\nkind = "device_error"\nat_steps = [30]\n', ()))

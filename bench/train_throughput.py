@@ -44,6 +44,8 @@ def main() -> None:
     p.add_argument("--hf-impl", default="grouped_mm")
     p.add_argument("--attn-impl", default="blocked", help="turnout's ModelArgs.attn_impl")
     p.add_argument("--norm-impl", default="explicit", help="turnout's ModelArgs.norm_impl")
+    p.add_argument("--checksums", action="store_true", help="keep health.checksums on (HF has nothing like them: "
+                   "off by default here; bench/checksums_overhead.py measures their cost)")
     opts = p.parse_args()
     from transformers import DeepseekV3ForCausalLM
 
@@ -52,7 +54,8 @@ def main() -> None:
                              f"model.overrides.norm_impl='{opts.norm_impl}'",
                              f"train.batch_size={opts.batch}", f"train.seq_len={opts.seq}",
                              f"train.steps={opts.iters + opts.warmup + 1}", "train.warmup_steps=1",
-                             "train.eval_interval=0", "ckpt.interval=0", "train.grad_clip=0"])
+                             "train.eval_interval=0", "ckpt.interval=0", "train.grad_clip=0",
+                             f"health.checksums={str(opts.checksums).lower()}"])
     built = build_model(cfg, opts.target, DistInfo())
     dataset = build_dataset(cfg, built.args, DistInfo(), log=None)
     run = Path(tempfile.mkdtemp(prefix="turnout-bench-"))

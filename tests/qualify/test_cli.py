@@ -68,7 +68,7 @@ def test_user_profile_file_is_qualified_like_a_shipped_one(turnout, capsys, tmp_
                   "--golden", str(golden_dir), "--skip-collectives", "--require", "train"])
     printed = capsys.readouterr().out
     assert rc == 1 and "--require train not met" in printed
-    assert "qualify [5/7] training parity" in printed  # progress: a line per stage
+    assert "qualify [5/8] training parity" in printed  # progress: a line per stage
     r = json.loads((out / "qualify.json").read_text())
     assert r["verdict"] == "inference-only" and r["target"] == f"sim:{profile}"
     assert "_scaled_dot_product_flash_attention_for_cpu_backward.default" in r["stages"]["ops"]["evidence"]["failing"]

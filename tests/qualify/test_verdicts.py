@@ -32,6 +32,9 @@ def test_cpu_is_train_ready_with_full_evidence(qualified):
     assert col["bandwidth"]["busbw_GBps"] > 0
     perf = r["stages"]["perf"]["evidence"]
     assert perf["target_tokens_per_s"] > 0 and 0 < perf["mfu"] < 1 and perf["matmul_peak_flops"]["fp32"] > 1e8
+    sdc = r["stages"]["sdc"]["evidence"]  # the short campaign: flips placed at random, none falsely alarmed
+    assert sdc["flips"] == 24 and sdc["false_alarms"]["alarms"] == 0 and sdc["detected"] > 0
+    assert len(sdc["by_op"]) >= 2  # more than one kind of product was hit
 
 
 def test_sim_healthy_is_train_ready_and_reuses_the_golden_curve(qualified, golden_dir):
@@ -101,6 +104,10 @@ def test_lossy_accum_verdict_follows_from_its_errors(qualified):
     assert any("mm" in x and "inference use" in x for x in r["reasons"])
     assert r["stages"]["training"]["evidence"]["loss_outside"]  # and training visibly drifts from step 1
     assert r["stages"]["training"]["evidence"]["loss_outside"][0] == 1
+    # products rounded to bf16 cannot meet float32 checksums: a checked run there would flag every clean step
+    sdc = r["stages"]["sdc"]
+    assert [f["kind"] for f in sdc["findings"]] == ["checksum_false_alarms"]
+    assert sdc["evidence"]["false_alarms"]["alarms"] == 2 * sdc["evidence"]["steps"]
 
 
 @pytest.mark.parametrize("target, overrides", [("sim:no-bf16", ('train.dtype="bf16"',)), ("sim:no-bf16:bf16", ())])

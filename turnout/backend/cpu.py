@@ -30,6 +30,14 @@ class CPUBackend(Backend):
         return torch.device("cpu")
 
     def device_name(self, index: int = 0) -> str:
+        """The CPU model (/proc/cpuinfo's model name where there is one)."""
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
         return platform.processor() or platform.machine() or "cpu"
 
     def set_device(self, index: int) -> None:

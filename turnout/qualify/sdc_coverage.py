@@ -1,10 +1,13 @@
-"""How well the product checksums protect a run, measured by injection (`turnout sdc-coverage`).
+"""How well the checksums protect a run, measured by injection (`turnout sdc-coverage`).
 
 A short training run on the target; at every step the step is computed clean (any checksum failure is a false
 alarm), again with every product output jittered by up to 2 ulp (what a correct device that orders its sums
 differently does: the run's own noise, and a second false-alarm sample), then once per flip assigned to that
 step with one bit of one element of one product output flipped: a random product call of the step (forward
-or backward, fused attention included), element and bit. The clean result is applied, so the model moves on
+or backward, fused attention included), element and bit. A tenth of the flips are written by the AdamW step
+instead, into a random element of a parameter or of a moment, and judged by the step's own check (their
+effect: the step's loss with what the step left, against a clean step). Collectives are not injected here
+(one process); the two-rank test of the conservation check covers them. The clean result is applied, so the model moves on
 as a clean run would and later flips meet later weights. A flip counts as detected when the step's checks
 fail; as harmful when it moves the step's loss or gradient norms by more than the jitter did at that step (and
 by more than the jitter's median effect over the run).
@@ -37,6 +40,8 @@ from turnout.train.rerun import GradSnapshot, relative_difference
 from turnout.train.schedule import lr_at
 
 BIT_CLASSES = ("sign", "exponent", "top-3 mantissa", "other mantissa")
+OPTIMIZER_SHARE = 0.1  # of the flips: written by the AdamW step into a parameter or moment, the rest into products
+_STATE = ("param", "exp_avg", "exp_avg_sq")
 _LAYOUT = {torch.float32: (31, 23), torch.bfloat16: (15, 7), torch.float16: (15, 10), torch.float64: (63, 52)}
 
 
@@ -100,6 +105,62 @@ class _Products(TorchDispatchMode):
         return new
 
 
+def _loss(runner, batches, rng: dict) -> float:
+    """This step's loss (forward only) with the weights as they are now."""
+    runner.backend.set_rng_state(rng)
+    with torch.no_grad(), runner.backend.compute(), runner.backend.autocast(runner.dtype):
+        return sum(float(runner.model(x, targets=y).loss) for x, y in batches) / len(batches)
+
+
+def _optimizer_trial(runner, clean, lr: float, draw: random.Random, batches, rng: dict) -> dict:
+    """One AdamW step that writes one flipped bit into a random element of a parameter or moment, judged by the
+    step's own check; its effect is this step's loss with what the step left against a clean step's. Leaves the
+    parameters, moments, step counts, router biases and gradients as they were."""
+    check, opt, inner = runner.adamw_check, runner.optimizer, runner.inner
+    grads, biases = GradSnapshot(runner), [m.gate.bias.clone() for m in inner.moe_layers()]
+    saved = check.before()
+    grp = draw.choice(saved)
+    p, what, where, bit = draw.choice(grp.params), draw.choice(_STATE), draw.random(), draw.randrange(64)
+    flip: dict[str, Any] = {}
+    real = opt.step
+
+    def step(*a, **k):
+        out = real(*a, **k)
+        if not flip:  # the first run of the step only: a re-taken step is clean (a transient fault)
+            t = p.detach() if what == "param" else opt.state[p][what]
+            t = t.to_local() if hasattr(t, "to_local") else t
+            index = min(int(where * t.numel()), t.numel() - 1)
+            new, b = flip_bit(t, index, bit)
+            flip.update(bit=b, dtype=t.dtype, before=float(t.reshape(-1)[index]), after=float(new.reshape(-1)[index]),
+                        time=time.perf_counter())
+            t.copy_(new.view(t.shape))
+        return out
+
+    def undo() -> None:
+        check.restore(saved)
+        for m, b0 in zip(inner.moe_layers(), biases):
+            m.gate.bias.copy_(b0)
+        grads.restore(runner)
+
+    opt.step = step  # an instance attribute shadows the method for this one apply
+    try:
+        runner.apply(clean, lr)
+    finally:
+        del opt.step
+    done = time.perf_counter()
+    detected = bool(runner.optimizer_findings and runner.optimizer_findings[0])
+    after = _loss(runner, batches, rng)
+    undo()
+    runner.apply(clean, lr)
+    reference = _loss(runner, batches, rng)
+    undo()
+    effect = abs(after - reference) / max(abs(reference), 1e-12) if math.isfinite(after) else math.inf
+    return {"op": f"adamw:{what}", "phase": "optimizer", "bit": flip["bit"],
+            "bit_class": bit_class(flip["bit"], flip["dtype"]), "dtype": str(flip["dtype"]).removeprefix("torch."),
+            "before": flip["before"], "after": flip["after"], "detected": detected,
+            "effect": effect if math.isfinite(effect) else "inf", "detect_s": done - flip["time"]}
+
+
 def _rate(hit: int, n: int) -> float | None:
     return hit / n if n else None
 
@@ -153,7 +214,12 @@ def run_campaign(config: Config, target: str | Backend, *, flips: int, steps: in
                            "checks": [m.to_dict() for m in jittered.checks.collect()]})
         step_noise = relative_difference(clean, jittered)
         noise.append(step_noise)
+        lr = lr_at(s, config.train, 1.0)
         for _ in range(per_step[s]):
+            if draw.random() < OPTIMIZER_SHARE and runner.adamw_check is not None:
+                records.append({"step": s + 1, **_optimizer_trial(runner, clean, lr, draw, batches, rng),
+                                "noise": step_noise})
+                continue
             backend.set_rng_state(rng)
             inj = _Products(at=draw.randrange(count.calls), where=draw.random(), bit=draw.randrange(64))
             with inj:
@@ -169,7 +235,7 @@ def run_campaign(config: Config, target: str | Backend, *, flips: int, steps: in
                             "effect": effect if math.isfinite(effect) else "inf", "noise": step_noise,
                             "detect_s": done - f["time"]})
         snap.restore(runner)
-        runner.apply(clean, lr_at(s, config.train, 1.0))
+        runner.apply(clean, lr)
         if log is not None and ((s + 1) % max(steps // 10, 1) == 0 or s + 1 == steps):
             caught = sum(r["detected"] for r in records)
             log(f"[sdc-coverage] step {s + 1}/{steps}: {len(records)} flips, {caught} detected, "

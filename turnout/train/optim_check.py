@@ -71,10 +71,11 @@ class AdamWCheck:
             torch._foreach_add_(m_e, grp.grads, alpha=1 - b1)
             v_e = torch._foreach_mul(grp.v0, b2)
             torch._foreach_addcmul_(v_e, grp.grads, grp.grads, value=1 - b2)
-            denom = torch._foreach_sqrt(v_e)
-            torch._foreach_div_(denom, math.sqrt(c2))
-            torch._foreach_add_(denom, eps)
-            upd = torch._foreach_div(m_e, denom)
+            upd = torch._foreach_sqrt(v_e)  # becomes m_e / (sqrt(v_e) / sqrt(c2) + eps), in place
+            torch._foreach_div_(upd, math.sqrt(c2))
+            torch._foreach_add_(upd, eps)
+            torch._foreach_reciprocal_(upd)
+            torch._foreach_mul_(upd, m_e)
             p_e = torch._foreach_mul(grp.p0, 1 - lr * wd)
             torch._foreach_add_(p_e, upd, alpha=-lr / c1)
             state = [self.opt.state[p] for p in grp.params]
@@ -82,10 +83,12 @@ class AdamWCheck:
                        "exp_avg": [_local(s["exp_avg"]) for s in state],
                        "exp_avg_sq": [_local(s["exp_avg_sq"]) for s in state]}
             expected = {"param": p_e, "exp_avg": m_e, "exp_avg_sq": v_e}
-            scale = {"param": _maxes(grp.p0, upd, lr / c1), "exp_avg": _maxes(grp.m0, grp.grads, 1.0),
-                     "exp_avg_sq": _maxes(grp.v0, torch._foreach_mul(grp.grads, grp.grads), 1.0)}
+            g_max = _amax_abs(grp.grads)
+            scale = {"param": _amax_abs(grp.p0) + (lr / c1) * _amax_abs(upd),
+                     "exp_avg": _amax_abs(grp.m0) + g_max, "exp_avg_sq": _amax_abs(grp.v0) + g_max * g_max}
             for what in ("param", "exp_avg", "exp_avg_sq"):
-                diffs = torch.stack(torch._foreach_norm(torch._foreach_sub(written[what], expected[what]), math.inf))
+                torch._foreach_sub_(expected[what], written[what])  # the expected buffers now hold the differences
+                diffs = _amax_abs(expected[what])
                 u = unit_roundoff(written[what][0].dtype)
                 ratios.append(diffs / (scale[what] * (LAMBDA * 8 * u) + torch.finfo(diffs.dtype).tiny))
                 names += [f"{what} of {self.names.get(id(p), '?')}" for p in grp.params]
@@ -110,9 +113,11 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
-def _maxes(a: list[torch.Tensor], b: list[torch.Tensor], k: float) -> torch.Tensor:
-    """max|a| + k max|b| per tensor: the scale the step's rounding errors are relative to."""
-    return torch.stack(torch._foreach_norm(a, math.inf)) + k * torch.stack(torch._foreach_norm(b, math.inf))
+def _amax_abs(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """max |t| per tensor, stacked (NaN where a tensor holds one). aminmax, because _foreach_norm(inf) takes a slow
+    per-tensor path on CPU (~10x)."""
+    lows, highs = zip(*(torch.aminmax(t) for t in tensors))
+    return torch.maximum(-torch.stack(lows), torch.stack(highs))
 
 
 def mismatches(names: list[str], ratios: torch.Tensor | None) -> list[tuple[str, float]]:
