@@ -111,3 +111,16 @@ def test_a_target_that_cannot_run_the_checks_is_refused(tmp_path):
     assert get_backend("cpu").checksum_refusal() is None
     reason = get_backend(f"sim:{profile}").checksum_refusal()
     assert reason and "linalg_vector_norm" in reason
+
+
+def test_training_on_such_a_target_exits_2_in_one_line_before_any_step(tmp_path, capsys):
+    from turnout.cli.main import main
+
+    profile = tmp_path / "p.toml"
+    profile.write_text('[profile]\ndescription = "no norms"\n[[fault]]\nkind = "missing_op"\n'
+                       'ops = ["linalg_vector_norm"]\n')
+    run = tmp_path / "run"
+    assert main(["train", "--config", "configs/debug.toml", "--target", f"sim:{profile}", "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "health.checksums=true" in err[0] and "linalg_vector_norm" in err[0]
+    assert not (run / "metrics.jsonl").exists()
