@@ -20,6 +20,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 from turnout.backend.abft import Precision, check_grouped, check_product, row_sums_of
+from turnout.errors import one_line
 
 aten = torch.ops.aten
 
@@ -113,7 +114,8 @@ def _innermost(parents: set[str]) -> str:
     return " or ".join(leaves)
 
 
-def _phase() -> str:
+def phase() -> str:
+    """'backward' while autograd's engine runs a backward pass on this thread, else 'forward'."""
     return "backward" if torch._C._current_graph_task_id() != -1 else "forward"
 
 
@@ -160,7 +162,7 @@ class ChecksumMode(TorchDispatchMode):
         if diff is None:
             self.checks.unchecked[_qualified(func)] += 1
         else:
-            self.checks.add(_qualified(func), _phase(), tuple(out.shape), diff, bound)
+            self.checks.add(_qualified(func), phase(), tuple(out.shape), diff, bound)
         return out
 
 
@@ -173,7 +175,7 @@ def probe(compute: Any, device: torch.device) -> str | None:
             a = torch.randn(8, 16, device=device)
             b = torch.randn(16, 4, device=device)
             diff, bound = check_product(a, b, a @ b, Precision.of(a.dtype, a.dtype, device.type))
-            bool((diff <= bound).all())
+            bool((diff <= bound).all())  # read back: a device's asynchronous error surfaces here
             mode = ChecksumMode()
             checks = mode.start()
             w = torch.randn(16, 4, device=device, requires_grad=True)
@@ -183,7 +185,7 @@ def probe(compute: Any, device: torch.device) -> str | None:
             if len(checks) != 3:
                 return f"the checks saw {len(checks)} of the 3 products of a small matmul and its backward"
     except Exception as e:  # noqa: BLE001 - any failure means the checks do not run here
-        return f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        return one_line(e, limit=300)
     return None
 
 

@@ -41,10 +41,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("health.checksums: the campaign measures the checksums, which this config switches off")
     result = run_campaign(config, args.target, flips=args.flips, steps=steps, seed=args.seed,
                           log=lambda s: print(s, file=sys.stderr))
-    folder = CoverageDir(args.out)
-    folder.root.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(folder.result, clean(result))
-    page = write_coverage_report(folder.root, clean(result))
+    out.root.mkdir(parents=True, exist_ok=True)
+    doc = clean(result)  # plain JSON values: what the file holds and the page reads
+    atomic.write_json(out.result, doc)
+    page = write_coverage_report(out.root, doc)
     hb = result["high_bits"]
     print(f"{result['detected']}/{result['flips']} flips detected; sign/exponent/top-3 mantissa "
           f"{hb['detected']}/{hb['flips']}; harmful escaped {result['escaped']['harmful']}; "

@@ -1,8 +1,8 @@
 """Qualification end to end: run the stages in order, decide the verdict, write DIR/qualify.json and DIR/report.html.
 
 Stage order: capabilities (a refusal stops here), op conformance, block parity, determinism, training parity,
-SDC coverage, performance; the two-rank collectives job starts in the background right after capabilities and is collected at
-the end. Each stage logs a line when it starts and one with its status and time when it ends.
+SDC coverage, performance; the two-rank collectives job starts in the background right after capabilities and is
+collected at the end. Each stage logs a line when it starts and one with its status and time when it ends.
 """
 
 from __future__ import annotations
@@ -40,8 +40,7 @@ from turnout.train.build import refusals
 
 STAGES = (("capabilities", "Capabilities"), ("ops", "Op conformance"), ("blocks", "Block parity"),
           ("determinism", "Determinism"), ("training", "Training parity"), ("sdc", "SDC coverage"),
-          ("collectives", "Collectives"),
-          ("perf", "Performance"))
+          ("collectives", "Collectives"), ("perf", "Performance"))
 SCHEMA = 1
 # The pass bars the stages apply, recorded in qualify.json so the page (and any later reader) can state them.
 RULES = {"ratio_factor": RATIO_FACTOR, "ratio_floor": RATIO_FLOOR, "maxrel_factor": MAXREL_FACTOR,

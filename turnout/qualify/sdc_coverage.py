@@ -7,8 +7,8 @@ step with one bit of one element of one product output flipped: a random product
 or backward, fused attention included), element and bit. A tenth of the flips are written by the AdamW step
 instead, into a random element of a parameter or of a moment, and judged by the step's own check (their
 effect: the step's loss with what the step left, against a clean step). Collectives are not injected here
-(one process); the two-rank test of the conservation check covers them. The clean result is applied, so the model moves on
-as a clean run would and later flips meet later weights. A flip counts as detected when the step's checks
+(one process); the two-rank test of the conservation check covers them. The clean result is applied, so the
+model moves on as a clean run would and later flips meet later weights. A flip counts as detected when the step's checks
 fail; as harmful when it moves the step's loss or gradient norms by more than the jitter did at that step (and
 by more than the jitter's median effect over the run).
 
@@ -21,21 +21,19 @@ import math
 import random
 import statistics
 import time
-from collections import defaultdict
 from typing import Any, Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from turnout.backend import Backend
-from turnout.backend.checksums import CHECKED_OPS
+from turnout.backend import Backend, get_backend
+from turnout.backend.checksums import CHECKED_OPS, phase
 from turnout.backend.sim_faults import UlpJitter, flip_bit
-from turnout.backend import get_backend
 from turnout.config import Config, from_dict
 from turnout.qualify.stage import StageResult
 from turnout.qualify.workload import Settings, Workload
 from turnout.train.build import build_dataset, build_model
-from turnout.train.dist import DistInfo
+from turnout.train.dist import DistInfo, local_shard
 from turnout.train.rerun import GradSnapshot, relative_difference
 from turnout.train.schedule import lr_at
 
@@ -57,10 +55,6 @@ def bit_class(bit: int, dtype: torch.dtype) -> str:
 
 def _is_product(func: Any) -> bool:
     return func in CHECKED_OPS or "attention" in func.overloadpacket.__name__
-
-
-def _phase() -> str:
-    return "backward" if torch._C._current_graph_task_id() != -1 else "forward"
 
 
 def _first_float(out: Any) -> tuple[int, torch.Tensor] | None:
@@ -94,7 +88,7 @@ class _Products(TorchDispatchMode):
             index = min(int(self.where * t.numel()), t.numel() - 1)
             new, bit = flip_bit(t, index, self.bit)
             new = new.view(t.shape)
-            self.flip = {"op": f"aten::{func.overloadpacket.__name__}", "phase": _phase(), "dtype": t.dtype,
+            self.flip = {"op": f"aten::{func.overloadpacket.__name__}", "phase": phase(), "dtype": t.dtype,
                          "bit": bit, "before": float(t.reshape(-1)[index]), "after": float(new.reshape(-1)[index]),
                          "time": time.perf_counter()}
         if func._schema.returns and func._schema.returns[0].alias_info is not None:  # in place: the caller's tensor
@@ -127,12 +121,11 @@ def _optimizer_trial(runner, clean, lr: float, draw: random.Random, batches, rng
     def step(*a, **k):
         out = real(*a, **k)
         if not flip:  # the first run of the step only: a re-taken step is clean (a transient fault)
-            t = p.detach() if what == "param" else opt.state[p][what]
-            t = t.to_local() if hasattr(t, "to_local") else t
+            t = local_shard(p.detach() if what == "param" else opt.state[p][what])
             index = min(int(where * t.numel()), t.numel() - 1)
             new, b = flip_bit(t, index, bit)
-            flip.update(bit=b, dtype=t.dtype, before=float(t.reshape(-1)[index]), after=float(new.reshape(-1)[index]),
-                        time=time.perf_counter())
+            flip.update(op=f"adamw:{what}", phase="optimizer", bit=b, dtype=t.dtype, before=float(t.reshape(-1)[index]),
+                        after=float(new.reshape(-1)[index]), time=time.perf_counter())
             t.copy_(new.view(t.shape))
         return out
 
@@ -155,10 +148,15 @@ def _optimizer_trial(runner, clean, lr: float, draw: random.Random, batches, rng
     reference = _loss(runner, batches, rng)
     undo()
     effect = abs(after - reference) / max(abs(reference), 1e-12) if math.isfinite(after) else math.inf
-    return {"op": f"adamw:{what}", "phase": "optimizer", "bit": flip["bit"],
+    return _record(flip, detected, effect, done)
+
+
+def _record(flip: dict[str, Any], detected: bool, effect: float, done: float) -> dict[str, Any]:
+    """One flip's record (JSON-ready): where it went, what it did to the value, and what the checks made of it."""
+    return {"op": flip["op"], "phase": flip["phase"], "bit": flip["bit"],
             "bit_class": bit_class(flip["bit"], flip["dtype"]), "dtype": str(flip["dtype"]).removeprefix("torch."),
-            "before": flip["before"], "after": flip["after"], "detected": detected,
-            "effect": effect if math.isfinite(effect) else "inf", "detect_s": done - flip["time"]}
+            "before": flip["before"], "after": flip["after"],
+            "detected": detected, "effect": effect if math.isfinite(effect) else "inf", "detect_s": done - flip["time"]}
 
 
 def _rate(hit: int, n: int) -> float | None:
@@ -228,12 +226,8 @@ def run_campaign(config: Config, target: str | Backend, *, flips: int, steps: in
             f = inj.flip
             if f is None:
                 continue
-            effect = relative_difference(clean, faulty)
-            records.append({"step": s + 1, "op": f["op"], "phase": f["phase"], "bit": f["bit"],
-                            "bit_class": bit_class(f["bit"], f["dtype"]), "dtype": str(f["dtype"]).removeprefix("torch."),
-                            "before": f["before"], "after": f["after"], "detected": bool(faulty.flagged),
-                            "effect": effect if math.isfinite(effect) else "inf", "noise": step_noise,
-                            "detect_s": done - f["time"]})
+            records.append({"step": s + 1, **_record(f, bool(faulty.flagged), relative_difference(clean, faulty), done),
+                            "noise": step_noise})
         snap.restore(runner)
         runner.apply(clean, lr)
         if log is not None and ((s + 1) % max(steps // 10, 1) == 0 or s + 1 == steps):
@@ -245,17 +239,13 @@ def run_campaign(config: Config, target: str | Backend, *, flips: int, steps: in
 
 def _summary(config: Config, built, target: str, records: list[dict], alarms: list[dict], noise: list[float],
              steps: int, seed: int, seconds: float) -> dict[str, Any]:
-    typical = statistics.median(noise) if noise else 0.0
+    typical = statistics.median(noise) if noise else 0.0  # the run's typical 2-ulp jitter effect
     for r in records:  # beyond the run's own noise: its step's jitter effect, and never below the typical one
         effect = math.inf if r["effect"] == "inf" else r["effect"]
         r["harmful"] = not effect <= max(r["noise"], typical)
     escaped = [r for r in records if not r["detected"]]
     strong = [r for r in records if r["bit_class"] != "other mantissa"]
     times = [r["detect_s"] for r in records if r["detected"]]
-    by_op_bits: dict[str, dict[str, int]] = defaultdict(lambda: {"flips": 0, "detected": 0})
-    for r in strong:
-        by_op_bits[r["op"]]["flips"] += 1
-        by_op_bits[r["op"]]["detected"] += r["detected"]
     return {
         "target": target, "device": built.backend.device_name(), "dtype": str(built.dtype).removeprefix("torch."),
         "preset": config.model.preset, "attn_impl": built.args.attn_impl, "seed": seed, "steps": steps,
@@ -266,11 +256,11 @@ def _summary(config: Config, built, target: str, records: list[dict], alarms: li
         "by_bit_class": {k: v for k, v in sorted(_table(records, "bit_class").items(),
                                                  key=lambda kv: BIT_CLASSES.index(kv[0]))},
         "by_op": _table(records, "op"), "by_phase": _table(records, "phase"),
-        "high_bits_by_op": {op: {**c, "rate": _rate(c["detected"], c["flips"])} for op, c in by_op_bits.items()},
+        "high_bits_by_op": _table(strong, "op"),
         "escaped": {"flips": len(escaped), "harmful": sum(r["harmful"] for r in escaped),
                     "harmful_records": [r for r in escaped if r["harmful"]][:20]},
         "false_alarms": {"clean_steps": steps, "jittered_steps": steps, "alarms": len(alarms), "records": alarms[:20]},
-        "noise": {"median": statistics.median(noise) if noise else None, "max": max(noise) if noise else None},
+        "noise": {"median": typical if noise else None, "max": max(noise) if noise else None},
         "detect_seconds": {"median": statistics.median(times) if times else None, "max": max(times) if times else None,
                            "note": "from the flip to the step's verdict; every detection is in the step it happened"},
         "records": records,
@@ -283,7 +273,8 @@ def coverage_stage(work: Workload, target: Backend, settings: Settings) -> Stage
     st = StageResult("sdc", "SDC coverage")
     refusal = target.checksum_refusal()
     if refusal is not None:
-        st.warnings.append(f"the product checksums cannot run on {target.name} ({refusal}): a run there is unprotected")
+        st.warnings.append(f"the product checksums cannot run on {target.name} ({refusal}): a run there is "
+                           f"unprotected")
         st.summary = "not measured: the checks cannot run on this target"
         return st
     raw = work.config.to_dict()
@@ -300,9 +291,10 @@ def coverage_stage(work: Workload, target: Backend, settings: Settings) -> Stage
         first = fa["records"][0]["checks"][0] if fa["records"] and fa["records"][0]["checks"] else {}
         st.find("checksum_false_alarms", f"the product checksums fail on {fa['alarms']} clean step run(s) of "
                 f"{target.name} (first: {first.get('op', '?')} {first.get('phase', '')}, off by "
-                f"{first.get('discrepancy', float('nan')):.3g} against a bound of {first.get('bound', float('nan')):.3g}"
-                f"): its products are not as exact as their dtype, so a checked run would flag every step")
+                f"{first.get('discrepancy', float('nan')):.3g} against a bound of "
+                f"{first.get('bound', float('nan')):.3g}): its products are not as exact as their dtype, so a checked "
+                f"run would flag every step")
     if esc["harmful"]:
-        st.warnings.append(f"{esc['harmful']} of {r['flips']} injected flips changed the step beyond its noise and were not "
-                f"detected (see the ops they hit)")
+        st.warnings.append(f"{esc['harmful']} of {r['flips']} injected flips changed the step beyond its noise and "
+                           f"were not detected (see the ops they hit)")
     return st

@@ -7,8 +7,8 @@
     inference-only  serving works but training does not: an op only training runs fails or is missing (backward
                     kernels, the fused loss), a gradient is off (op autograd, block or whole-model gradients),
                     training parity leaves the reference band, the device is lost or hangs only under training,
-                    the product checksums fail on clean steps (a checked run could not train), training is too slow to be usable, or collectives
-                    hang or fail (no data-parallel training)
+                    the product checksums fail on clean steps (a checked run could not train), training is too
+                    slow to be usable, or collectives hang or fail (no data-parallel training)
     train-ready     no finding at all (warnings -- host fallbacks, slow dtypes the run does not use, needing
                     deterministic mode -- are reported but do not decide)
 """

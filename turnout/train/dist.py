@@ -77,6 +77,11 @@ def wrap_model(model: torch.nn.Module, parallel: str, info: DistInfo, backend: B
     return DDP(model, device_ids=ids)
 
 
+def local_shard(t: torch.Tensor) -> torch.Tensor:
+    """The local shard of a DTensor (FSDP2), or the tensor itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The model under a DDP wrapper (FSDP2 modifies the module in place, so it is its own inner model)."""
     return getattr(model, "module", model)

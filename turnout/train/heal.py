@@ -149,15 +149,9 @@ class Healer:
         if not self.reexec.reference_spec:
             self._hardware(step, "persistent", f"{why} (no reference to consult)", **evidence)
             return Outcome(again, apply=False, rollback=f"{why}: the target computes wrongly")
-        ref = self.reexec.on_reference(batches, rng)
-        diff_ref = relative_difference(again, ref)
-        self.events.emit("rerun", step, f"re-ran on {self.reexec.reference_spec}: relative difference {diff_ref:.3g}",
-                         where=self.reexec.reference_spec, difference=diff_ref, loss=ref.loss, grad_norm=ref.grad_norm)
+        ref, diff_ref = self._consult_reference(step, batches, rng, again)
         self._hardware(step, "persistent", f"{why}: the target computes wrongly", difference=diff_ref, **evidence)
-        if self.monitor.healthy(ref) and not self.sharded:
-            self.reexec.reference_grads_into_target()
-            self.events.emit("rerun", step, f"applied {self.reexec.reference_spec}'s result for this step",
-                             where=self.reexec.reference_spec)
+        if self._apply_reference(step, ref):
             return Outcome(ref)
         return Outcome(again, apply=False, rollback=f"{why}: the target computes wrongly and the reference's step "
                        f"cannot be applied")
@@ -180,10 +174,7 @@ class Healer:
             original = again
         if not self.reexec.reference_spec:
             return Outcome(original, apply=False, rollback=f"{why}; reproducible in place (no reference to consult)")
-        ref = self.reexec.on_reference(batches, rng)
-        diff_ref = relative_difference(original, ref)
-        self.events.emit("rerun", step, f"re-ran on {self.reexec.reference_spec}: relative difference {diff_ref:.3g}",
-                         where=self.reexec.reference_spec, difference=diff_ref, loss=ref.loss, grad_norm=ref.grad_norm)
+        ref, diff_ref = self._consult_reference(step, batches, rng, original)
         if diff_ref <= self.h.reference_rtol:
             return Outcome(original, apply=False, rollback=f"{why}; reproducible in place and on "
                            f"{self.reexec.reference_spec} (difference {diff_ref:.3g}): a numerical problem in model "
@@ -191,10 +182,7 @@ class Healer:
         self._hardware(step, "persistent", f"{why}; reproducible in place but {self.reexec.reference_spec} "
                        f"computes it differently (relative difference {diff_ref:.3g}): the target computes wrongly",
                        difference=diff_ref)
-        if self.monitor.healthy(ref) and not self.sharded:
-            self.reexec.reference_grads_into_target()
-            self.events.emit("rerun", step, f"applied {self.reexec.reference_spec}'s result for this step",
-                             where=self.reexec.reference_spec)
+        if self._apply_reference(step, ref):
             self.monitor.reset()
             self.monitor.observe(ref)
             return Outcome(ref)
@@ -236,6 +224,24 @@ class Healer:
                              where=self.reexec.reference_spec)
             return ref
         raise TargetUntrusted(f"step {step} cannot be computed correctly on this target", "sdc")
+
+    def _consult_reference(self, step: int, batches, rng, against: StepResult) -> tuple[StepResult, float]:
+        """The step on the reference target, and its relative difference from `against` (an event says both)."""
+        ref = self.reexec.on_reference(batches, rng)
+        diff_ref = relative_difference(against, ref)
+        self.events.emit("rerun", step, f"re-ran on {self.reexec.reference_spec}: relative difference {diff_ref:.3g}",
+                         where=self.reexec.reference_spec, difference=diff_ref, loss=ref.loss, grad_norm=ref.grad_norm)
+        return ref, diff_ref
+
+    def _apply_reference(self, step: int, ref: StepResult) -> bool:
+        """Put the reference's gradients in place of the target's, when its result is healthy and the model is not
+        sharded; says whether it did."""
+        if not self.monitor.healthy(ref) or self.sharded:
+            return False
+        self.reexec.reference_grads_into_target()
+        self.events.emit("rerun", step, f"applied {self.reexec.reference_spec}'s result for this step",
+                         where=self.reexec.reference_spec)
+        return True
 
     def _hardware(self, step: int, classification: str, detail: str, **evidence) -> None:
         """An SDC finding: record it and count it toward failover (raises TargetUntrusted past the limit)."""

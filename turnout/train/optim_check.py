@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from turnout.backend.abft import LAMBDA, unit_roundoff
+from turnout.train.dist import local_shard
 
 
 @dataclass
@@ -49,12 +50,13 @@ class AdamWCheck:
             if not params:
                 continue
             state = [self.opt.state.get(p, {}) for p in params]
-            local = [_local(p.detach()) for p in params]
-            m0 = [_local(s["exp_avg"]).clone() if "exp_avg" in s else torch.zeros_like(p) for s, p in zip(state, local)]
-            v0 = [_local(s["exp_avg_sq"]).clone() if "exp_avg_sq" in s else torch.zeros_like(p)
+            local = [local_shard(p.detach()) for p in params]
+            m0 = [local_shard(s["exp_avg"]).clone() if "exp_avg" in s else torch.zeros_like(p)
+                  for s, p in zip(state, local)]
+            v0 = [local_shard(s["exp_avg_sq"]).clone() if "exp_avg_sq" in s else torch.zeros_like(p)
                   for s, p in zip(state, local)]
             steps = [float(s["step"]) if "step" in s else 0.0 for s in state]
-            saved.append(_Group(params, [_local(p.grad) for p in params], torch._foreach_mul(local, 1.0), m0, v0,
+            saved.append(_Group(params, [local_shard(p.grad) for p in params], torch._foreach_mul(local, 1.0), m0, v0,
                                 steps, {k: g[k] for k in ("lr", "betas", "eps", "weight_decay")}))
         return saved
 
@@ -79,9 +81,9 @@ class AdamWCheck:
             p_e = torch._foreach_mul(grp.p0, 1 - lr * wd)
             torch._foreach_add_(p_e, upd, alpha=-lr / c1)
             state = [self.opt.state[p] for p in grp.params]
-            written = {"param": [_local(p.detach()) for p in grp.params],
-                       "exp_avg": [_local(s["exp_avg"]) for s in state],
-                       "exp_avg_sq": [_local(s["exp_avg_sq"]) for s in state]}
+            written = {"param": [local_shard(p.detach()) for p in grp.params],
+                       "exp_avg": [local_shard(s["exp_avg"]) for s in state],
+                       "exp_avg_sq": [local_shard(s["exp_avg_sq"]) for s in state]}
             expected = {"param": p_e, "exp_avg": m_e, "exp_avg_sq": v_e}
             g_max = _amax_abs(grp.grads)
             scale = {"param": _amax_abs(grp.p0) + (lr / c1) * _amax_abs(upd),
@@ -97,20 +99,15 @@ class AdamWCheck:
     def restore(self, saved: list[_Group]) -> None:
         """Undo the step: parameters and moments as before it, step counts back by one."""
         for grp in saved:
-            torch._foreach_copy_([_local(p.detach()) for p in grp.params], grp.p0)
+            torch._foreach_copy_([local_shard(p.detach()) for p in grp.params], grp.p0)
             for p, m, v, t in zip(grp.params, grp.m0, grp.v0, grp.steps):
                 s = self.opt.state[p]
-                _local(s["exp_avg"]).copy_(m)
-                _local(s["exp_avg_sq"]).copy_(v)
+                local_shard(s["exp_avg"]).copy_(m)
+                local_shard(s["exp_avg_sq"]).copy_(v)
                 if torch.is_tensor(s["step"]):
                     s["step"].fill_(t)
                 else:
                     s["step"] = t
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """The local shard of a DTensor (FSDP2), or the tensor itself."""
-    return t.to_local() if hasattr(t, "to_local") else t
 
 
 def _amax_abs(tensors: list[torch.Tensor]) -> torch.Tensor:

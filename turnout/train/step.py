@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-
 from torch.utils.module_tracker import ModuleTracker
 
 from turnout.backend import Backend
 from turnout.backend.checksums import ChecksumMode, StepChecks
 from turnout.train import conservation
+from turnout.train.dist import local_shard
 from turnout.train.optim_check import AdamWCheck, mismatches
 from turnout.train.optim import set_lr
 
@@ -60,11 +60,6 @@ def layer_groups(model: torch.nn.Module) -> list[tuple[str, list[torch.nn.Parame
     return list(groups.items())
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """The local shard of a DTensor (FSDP2), or the tensor itself."""
-    return t.to_local() if hasattr(t, "to_local") else t
-
-
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
@@ -73,7 +68,7 @@ def bit_sum(tensors, device: torch.device) -> torch.Tensor:
     anywhere changes it (losses and norms can hide one in a low mantissa bit)."""
     total = torch.zeros(1, dtype=torch.int64, device=device)
     for t in tensors:
-        t = _local(t).detach().contiguous()
+        t = local_shard(t).detach().contiguous()
         total += t.view(_INT_OF_SIZE[t.element_size()]).sum(dtype=torch.int64)
     return total
 
@@ -95,8 +90,10 @@ class StepRunner:
         self.checksums = ChecksumMode() if checksums else None
         if self.checksums is not None and self.world > 1 and hasattr(model, "register_comm_hook"):  # DDP
             conservation.install(model, lambda: self.checksums.checks)
-        names = {id(p): n.removeprefix("module.") for n, p in model.named_parameters()}
-        self.adamw_check = AdamWCheck(optimizer, names) if checksums else None
+        self.adamw_check = None  # the AdamW step's second evaluation, named by parameter
+        if checksums:
+            names = {id(p): n.removeprefix("module.") for n, p in model.named_parameters()}
+            self.adamw_check = AdamWCheck(optimizer, names)
         self.optimizer_findings: list[list[tuple[str, float]]] = []  # the last apply's checks: first run, re-run
 
     def compute(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]], locate: bool = False) -> StepResult:
@@ -141,7 +138,7 @@ class StepRunner:
         """Per-group gradient L2 norms (global over ranks); NaN/inf propagate so the monitor sees them."""
         sq = []
         for _, params in self.groups:
-            grads = [_local(p.grad).float() for p in params if p.grad is not None]
+            grads = [local_shard(p.grad).float() for p in params if p.grad is not None]
             sq.append(torch.stack([g.pow(2).sum() for g in grads]).sum() if grads else torch.zeros(()))
         sq = torch.stack(sq).to(torch.float64)
         if self.sharded and self.world > 1:
@@ -165,7 +162,7 @@ class StepRunner:
         with self.backend.compute():
             if self.grad_clip > 0 and result.grad_norm > self.grad_clip:
                 coef = self.grad_clip / (result.grad_norm + 1e-6)
-                grads = [_local(p.grad) for _, ps in self.groups for p in ps if p.grad is not None]
+                grads = [local_shard(p.grad) for _, ps in self.groups for p in ps if p.grad is not None]
                 torch._foreach_mul_(grads, coef)
             set_lr(self.optimizer, lr)
             saved = self.adamw_check.before() if self.adamw_check is not None else None
