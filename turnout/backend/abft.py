@@ -81,9 +81,10 @@ def _along_rows(t: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def _norms(t: torch.Tensor) -> torch.Tensor:
-    """||t_i||_2 over the last dim (vector_norm across a non-last dim is ~10x slower than square-and-sum on CPU)."""
+    """||t_i||_2 over the last dim (vector_norm across a non-last dim is ~10x slower than multiply-and-sum on CPU, and
+    square() is slower than a product with itself)."""
     src, dim = _along_rows(t)
-    return torch.linalg.vector_norm(src, dim=-1) if dim == -1 else src.square().sum(dim).sqrt_()
+    return torch.linalg.vector_norm(src, dim=-1) if dim == -1 else (src * src).sum(dim).sqrt_()
 
 
 def _sums(b: torch.Tensor, work: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -160,16 +161,16 @@ def check_grouped(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, offs: torch
         return diff.masked_fill_(~live, 0.0), bound
     if a.dim() == 2 and b.dim() == 2:  # C[e] = A[:, seg e] . B[seg e, :]
         E, N = c.shape[0], a.shape[1]
-        g = _groups(offs, N)
-        onehot = (g.unsqueeze(1) == torch.arange(E, device=g.device)).to(work)  # [N, E]; positions past the end: 0
-        a = a.to(work)
+        g = _groups(offs, N)  # positions past the last end fall in group E, which is dropped
+        at = a.mT.to(work)  # [N, m]: a weight gradient's A is X^T, so this is X itself, contiguous
         b = b.to(work)
         b1 = b.sum(-1)  # [N]
-        bn = torch.linalg.vector_norm(b, dim=-1)  # [N]
-        ref = (a @ (onehot * b1.unsqueeze(1))).t()  # [E, m]
-        an = (a.square() @ onehot).sqrt_().t()  # [E, m]: each row's norm over its group's segment
-        bmax = (onehot * bn.unsqueeze(1)).amax(0).unsqueeze(1)  # [E, 1]
-        b1max = (onehot * b1.abs().unsqueeze(1)).amax(0).unsqueeze(1)
+        # segment sums by index_add_ over whole rows: a product with a one-hot [N, E] matrix is a skinny GEMM
+        # on a transposed operand, several times slower on CPU
+        ref = at.new_zeros(E + 1, at.shape[1]).index_add_(0, g, at * b1.unsqueeze(1))[:E]  # [E, m]
+        an = at.new_zeros(E + 1, at.shape[1]).index_add_(0, g, at * at)[:E].sqrt_()  # [E, m]: norms over seg e
+        bmax = b1.new_zeros(E + 1).scatter_reduce_(0, g, torch.linalg.vector_norm(b, dim=-1), "amax")[:E]
+        b1max = b1.new_zeros(E + 1).scatter_reduce_(0, g, b1.abs(), "amax")[:E]
         k = torch.diff(offs.to(work), prepend=offs.new_zeros(1, dtype=work)).clamp_(min=1).unsqueeze(-1)  # [E, 1]
-        return _verdict(c.sum(-1, dtype=work), ref, an, bmax, b1max, c, p, k, b.shape[-1])
+        return _verdict(c.sum(-1, dtype=work), ref, an, bmax.unsqueeze(1), b1max.unsqueeze(1), c, p, k, b.shape[-1])
     return None
