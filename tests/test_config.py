@@ -1,7 +1,9 @@
+import dataclasses
 import importlib.machinery
 import importlib.util
 import subprocess
 import sys
+from typing import get_type_hints
 
 import pytest
 
@@ -23,7 +25,7 @@ def test_shipped_configs_load():
 
 
 @pytest.mark.parametrize("override, key, fragment", [
-    (["train.lr=-1"], "train.lr", "> 0"),
+    (["train.lr=-1"], "train.lr", "(0.0, 1.0]"),
     (["train.steps=1.5"], "train.steps", "an integer"),
     (["train.steps=true"], "train.steps", "an integer"),
     (["train.schedule=linear"], "train.schedule", "one of cosine, wsd, constant"),
@@ -102,3 +104,108 @@ def test_cli_config_error_is_one_line_exit_2():
     # a bad override travels through the same loader the commands use; checked end-to-end on `targets` specs
     r = subprocess.run([sys.executable, "-m", "turnout", "targets", "nope"], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def _float_keys() -> list[str]:
+    """Every float field of every section: the checks below cover a field added later without being told."""
+    from turnout.config import Config
+
+    return [f"{name}.{f.name}" for name, cls in get_type_hints(Config).items() for f in dataclasses.fields(cls)
+            if get_type_hints(cls)[f.name] is float]
+
+
+def test_float_keys_are_found():
+    keys = _float_keys()
+    assert {"train.lr", "train.beta1", "train.grad_clip", "health.spike_sigma", "data.val_fraction"} <= set(keys)
+
+
+@pytest.mark.parametrize("key", _float_keys())
+@pytest.mark.parametrize("literal", ["nan", "+inf", "-inf"])
+def test_non_finite_floats_are_refused_in_every_float_field_from_set_and_toml(key, literal, tmp_path):
+    # NaN compares false with every bound, so a range check alone lets it through
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [f"{key}={literal}"])
+    assert str(e.value) == f"{key}: expected a finite number, got {float(literal)!r}"
+    section, name = key.split(".")
+    p = tmp_path / "c.toml"
+    p.write_text(f"[{section}]\n{name} = {literal}\n")
+    with pytest.raises(ConfigError, match=rf"^{key}: expected a finite number"):
+        load_config(p)
+
+
+def test_non_finite_model_overrides_are_refused():
+    with pytest.raises(ConfigError, match=r"^model.overrides.rope_theta: expected a finite number, got nan$"):
+        load_config(None, ["model.overrides.rope_theta=nan"])
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("train.beta1=1", "[0.0, 1.0)"),  # AdamW refuses a beta of 1
+    ("train.beta2=1.0", "[0.0, 1.0)"),
+    ("train.lr=2", "(0.0, 1.0]"),  # above 1 an AdamW step moves each weight by about its own size
+])
+def test_values_adamw_cannot_use_are_refused(override, fragment):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert str(e.value).startswith(override.split("=")[0]) and fragment in str(e.value)
+    assert load_config(None, ["train.beta1=0.999", "train.lr=1"]).train.beta1 == 0.999
+
+
+def test_a_config_file_that_is_not_utf8_is_refused_naming_the_file(tmp_path):
+    p = tmp_path / "latin1.toml"
+    p.write_bytes('[model]\npreset = "tïny"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(e.value).startswith(f"{p}: not UTF-8 text") and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("literal", ["1979-05-27", "1979-05-27T07:32:00", "1979-05-27T07:32:00Z", "07:32:00"])
+def test_toml_dates_and_times_are_refused_naming_the_key(literal, tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text(f"[train]\nsteps = {literal}\n")
+    with pytest.raises(ConfigError, match=r"^train.steps: expected an integer >= 1, got datetime"):
+        load_config(p)
+    with pytest.raises(ConfigError, match=r"^train.steps: expected an integer"):
+        load_config(None, [f"train.steps={literal}"])
+    with pytest.raises(ConfigError, match=r"^data.sources: expected a list of strings"):
+        load_config(None, [f"data.sources=[{literal}]"])
+    with pytest.raises(ConfigError, match=r"^model.overrides.n_layers: expected a scalar"):
+        load_config(None, [f"model.overrides.n_layers={literal}"])
+
+
+def test_integers_beyond_64_bits_are_refused(tmp_path):
+    assert load_config(None, [f"train.seed={2**63 - 1}"]).train.seed == 2**63 - 1
+    for key in ("train.seed", "train.lr", "model.overrides.n_layers"):
+        with pytest.raises(ConfigError, match=rf"^{key}: {2**63} is out of range: TOML integers are 64-bit$"):
+            load_config(None, [f"{key}={2**63}"])
+    p = tmp_path / "c.toml"
+    p.write_text("[train]\nsteps = 0x" + "f" * 5000 + "\n")  # hex is exempt from int()'s 4300-digit limit
+    with pytest.raises(ConfigError, match=r"^train.steps: an integer of 20000 bits is out of range"):
+        load_config(p)
+    p.write_text("[train]\nsteps = " + "9" * 5000 + "\n")  # tomllib raises ValueError, not TOMLDecodeError
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(p)
+    with pytest.raises(ConfigError, match=r"^train.steps: expected an integer >= 1, got '9999"):
+        load_config(None, ["train.steps=" + "9" * 5000])
+
+
+def test_text_with_control_characters_or_surrogates_is_refused_and_other_unicode_round_trips(tmp_path):
+    p = tmp_path / "c.toml"
+    for escaped in ("a\\u0000b", "tab\\there", "del\\u007f"):
+        p.write_text(f'[data]\njsonl_field = "{escaped}"\n')
+        with pytest.raises(ConfigError, match=r"^data.jsonl_field: expected text without control characters"):
+            load_config(p)
+    # a byte of argv that is not UTF-8 reaches Python as an unpaired surrogate, which config.toml cannot hold
+    with pytest.raises(ConfigError, match=r"^data.jsonl_field: expected text without control characters or "
+                       r"unpaired surrogates, got '\\udcff'$"):
+        load_config(None, ["data.jsonl_field=\udcff"])
+    with pytest.raises(ConfigError, match=r"^data.sources: expected text without control"):
+        load_config(None, ['data.sources=["a\\u001bb.txt"]'])
+    cfg = load_config(None, ['data.sources=["\U0001F600 é 中.txt"]', 'data.jsonl_field="текст"'])
+    p.write_text(to_toml(cfg), encoding="utf-8")
+    assert load_config(p) == cfg  # a character beyond the BMP is written as itself, not as two surrogates
+
+
+def test_a_key_with_a_line_break_is_quoted_on_one_line():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["train.a\nb=1"])
+    assert str(e.value).startswith("train.'a\\nb': unknown key") and "\n" not in str(e.value)

@@ -2,30 +2,41 @@
 
 Every field carries a one-line doc and its constraints in `metadata`. `load_config` reads a TOML file, applies
 overrides and validates everything once; any problem raises `ConfigError` whose message names the key
-(e.g. ``train.lr: expected a number > 0, got -1``). Nothing else in turnout edits a config after that.
+(e.g. ``train.lr: expected a number in (0.0, 1.0], got -1``). Nothing else in turnout edits a config after that.
+
+Beyond each field's own range, every value must be something a run can use: floats finite (NaN passes every
+comparison, so a range check alone lets it through), integers within TOML's 64 bits, strings free of control
+characters and unpaired surrogates (they cannot be written back to config.toml), no dates or times anywhere.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
 import json
+import math
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_origin, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 
 class ConfigError(ValueError):
     """A configuration problem; the message is one line and names the offending key."""
 
 
+INT_MIN, INT_MAX = -(2 ** 63), 2 ** 63 - 1  # TOML integers are 64-bit signed; torch and numpy seeds take them
+
+
 def _f(default: Any, doc: str, *, choices: tuple | None = None, lo: float | None = None,
-       hi: float | None = None, lo_open: bool = False) -> Any:
-    """A config field: default, one line of doc, optional choices or numeric range [lo, hi] (lo open if lo_open).
+       hi: float | None = None, lo_open: bool = False, hi_open: bool = False) -> Any:
+    """A config field: default, one line of doc, optional choices or numeric range [lo, hi] (an end is open
+    when lo_open / hi_open).
 
     On a list field, choices constrain each item."""
-    meta = {"doc": doc, "choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open}
+    meta = {"doc": doc, "choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -43,7 +54,7 @@ class ModelSection:
 class DataSection:
     """Where training text comes from."""
 
-    sources: list = _f([], "files or folders of .txt/.jsonl; empty means the embedded Shakespeare corpus")
+    sources: list[str] = _f([], "files or folders of .txt/.jsonl; empty means the embedded Shakespeare corpus")
     jsonl_field: str = _f("text", "field holding the text in .jsonl records")
     val_fraction: float = _f(0.01, "share of tokens held out for the validation loss", lo=0.0, hi=0.5, lo_open=True)
     cache_dir: str = _f("", "where tokenised shards are cached; empty means ~/.cache/turnout/data")
@@ -57,14 +68,15 @@ class TrainSection:
     batch_size: int = _f(8, "global batch in sequences per optimizer step (split over ranks and accumulation)", lo=1)
     seq_len: int = _f(256, "tokens per sequence", lo=2)
     seed: int = _f(0, "seed for weights, data order and dropout-free RNG streams", lo=0)
-    lr: float = _f(3e-3, "peak learning rate", lo=0.0, lo_open=True)
+    # above 1 an AdamW step moves every weight by about its own size: no run survives that
+    lr: float = _f(3e-3, "peak learning rate", lo=0.0, hi=1.0, lo_open=True)
     min_lr_ratio: float = _f(0.1, "final learning rate as a fraction of lr", lo=0.0, hi=1.0)
     warmup_steps: int = _f(20, "linear warmup steps", lo=0)
     schedule: str = _f("cosine", "learning-rate schedule after warmup", choices=("cosine", "wsd", "constant"))
     decay_fraction: float = _f(0.2, "wsd only: share of steps spent in the final decay", lo=0.0, hi=1.0)
     weight_decay: float = _f(0.1, "AdamW decoupled weight decay (not applied to norms and biases)", lo=0.0)
-    beta1: float = _f(0.9, "AdamW beta1", lo=0.0, hi=1.0)
-    beta2: float = _f(0.95, "AdamW beta2", lo=0.0, hi=1.0)
+    beta1: float = _f(0.9, "AdamW beta1", lo=0.0, hi=1.0, hi_open=True)  # AdamW itself refuses 1
+    beta2: float = _f(0.95, "AdamW beta2", lo=0.0, hi=1.0, hi_open=True)
     grad_clip: float = _f(1.0, "clip the global gradient norm to this; 0 disables", lo=0.0)
     grad_accum: int = _f(1, "micro-batches accumulated per optimizer step", lo=1)
     dtype: str = _f("auto", "compute dtype; auto takes the target's", choices=("auto", "fp32", "bf16", "fp16"))
@@ -150,44 +162,87 @@ def _section_types() -> dict[str, type]:
     return {name: hints[name] for name in SECTIONS}
 
 
-def _describe(meta: dict, typ: type) -> str:
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
+               list: "a list", dict: "a table"}
+
+
+def _describe(meta: dict, typ: type, item: type | None = None) -> str:
     if meta.get("choices"):
         allowed = "one of " + ", ".join(map(str, meta["choices"]))
         return f"a list whose items are each {allowed}" if typ is list else allowed
-    name = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-            list: "a list", dict: "a table"}.get(typ, typ.__name__)
+    if typ is list and item is not None:
+        return f"a list of {_TYPE_NAMES[item].removeprefix('a ').removeprefix('an ')}s"
+    name = _TYPE_NAMES.get(typ, typ.__name__)
     lo, hi = meta.get("lo"), meta.get("hi")
     if lo is not None and hi is not None:
-        return f"{name} in {'(' if meta.get('lo_open') else '['}{lo}, {hi}]"
+        return f"{name} in {'(' if meta.get('lo_open') else '['}{lo}, {hi}{')' if meta.get('hi_open') else ']'}"
     if lo is not None:
         return f"{name} {'>' if meta.get('lo_open') else '>='} {lo}"
     return name
 
 
+def _show(value: Any, limit: int = 80) -> str:
+    """A value as an error message quotes it: its repr (escapes keep it on one line), cut to `limit` characters.
+
+    An integer too long for repr (Python refuses over 4300 digits; TOML hex literals reach it) is named by its
+    size instead."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"an integer of {value.bit_length()} bits"
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _bad_scalar(value: Any) -> str | None:
+    """Why a scalar is refused whatever its field expects (the message after the key), or None when it is fine."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"expected a finite number, got {_show(value)}"
+    if isinstance(value, int) and not INT_MIN <= value <= INT_MAX:
+        return f"{_show(value)} is out of range: TOML integers are 64-bit"
+    if isinstance(value, str) and any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
+        return f"expected text without control characters or unpaired surrogates, got {_show(value)}"
+    return None
+
+
 def _check_value(key: str, value: Any, typ: type, meta: dict) -> Any:
     """Type-check and range-check one value; return it (ints are accepted where floats are expected)."""
     origin = get_origin(typ) or typ
-    want = _describe(meta, origin)
+    item = (get_args(typ) or (None,))[0] if origin is list else None
+    want = _describe(meta, origin, item)
     if origin is bool:
         ok = isinstance(value, bool)
     elif origin is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif origin is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
+    elif origin is list and item is not None:
+        ok = isinstance(value, list) and all(isinstance(v, item) for v in value)
     else:
         ok = isinstance(value, origin)
     if not ok:
-        raise ConfigError(f"{key}: expected {want}, got {value!r}")
+        raise ConfigError(f"{key}: expected {want}, got {_show(value)}")
+    for v in value if origin is list else [value]:
+        why = _bad_scalar(v)
+        if why:
+            raise ConfigError(f"{key}: {why}")
+    if origin is float:
+        value = float(value)  # an int within 64 bits always converts
     choices = meta.get("choices")
     if choices and (any(v not in choices for v in value) if origin is list else value not in choices):
-        raise ConfigError(f"{key}: expected {want}, got {value!r}")
+        raise ConfigError(f"{key}: expected {want}, got {_show(value)}")
     lo, hi = meta.get("lo"), meta.get("hi")
     if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
-        raise ConfigError(f"{key}: expected {want}, got {value!r}")
-    if hi is not None and value > hi:
-        raise ConfigError(f"{key}: expected {want}, got {value!r}")
+        raise ConfigError(f"{key}: expected {want}, got {_show(value)}")
+    if hi is not None and (value > hi or (meta.get("hi_open") and value == hi)):
+        raise ConfigError(f"{key}: expected {want}, got {_show(value)}")
     return value
+
+
+def _key(name: Any) -> str:
+    """A key as given, for a message: as is when printable, else its repr (a newline in it stays on one line)."""
+    return name if isinstance(name, str) and name.isprintable() else _show(name)
 
 
 def from_dict(raw: dict) -> Config:
@@ -198,9 +253,9 @@ def from_dict(raw: dict) -> Config:
     sections = {}
     for name, value in raw.items():
         if name not in types:
-            raise ConfigError(f"{name}: unknown section (known: {', '.join(types)})")
+            raise ConfigError(f"{_key(name)}: unknown section (known: {', '.join(types)})")
         if not isinstance(value, dict):
-            raise ConfigError(f"{name}: expected a table, got {value!r}")
+            raise ConfigError(f"{name}: expected a table, got {_show(value)}")
     for name, cls in types.items():
         given = dict(raw.get(name, {}))
         hints = get_type_hints(cls)
@@ -208,7 +263,7 @@ def from_dict(raw: dict) -> Config:
         known = {f.name: f for f in dataclasses.fields(cls)}
         for key, value in given.items():
             if key not in known:
-                raise ConfigError(f"{name}.{key}: unknown key (known: {', '.join(known)})")
+                raise ConfigError(f"{name}.{_key(key)}: unknown key (known: {', '.join(known)})")
             kwargs[key] = _check_value(f"{name}.{key}", value, hints[key], known[key].metadata)
         sections[name] = cls(**kwargs)
     cfg = Config(**sections)
@@ -225,9 +280,12 @@ def _cross_check(cfg: Config) -> None:
         raise ConfigError(f"train.warmup_steps: {t.warmup_steps} exceeds train.steps={t.steps}")
     for key, value in cfg.model.overrides.items():
         if not isinstance(key, str) or not key.isidentifier():
-            raise ConfigError(f"model.overrides.{key}: not a field name")
-        if not isinstance(value, (bool, int, float, str, type(None))):
-            raise ConfigError(f"model.overrides.{key}: expected a scalar, got {value!r}")
+            raise ConfigError(f"model.overrides.{_key(key)}: not a field name")
+        if not isinstance(value, (bool, int, float, str)):
+            raise ConfigError(f"model.overrides.{key}: expected a scalar, got {_show(value)}")
+        why = _bad_scalar(value)
+        if why:
+            raise ConfigError(f"model.overrides.{key}: {why}")
     # checked here, not when the sink is built, so a run without the optional package fails before it starts
     if "tensorboard" in t.log_to and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("train.log_to: \"tensorboard\" needs the tensorboard package, which is not installed: "
@@ -238,25 +296,25 @@ def parse_value(text: str) -> Any:
     """Parse the right-hand side of `--set key=value` as a TOML value; bare words become strings."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except ValueError:  # TOMLDecodeError, or an integer of over 4300 digits, which int() refuses
         return text
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply `section.key=value` (or `section.table.key=value`) strings to a nested dict, returning a new dict."""
-    out = json.loads(json.dumps(raw))
+    out = copy.deepcopy(raw)  # TOML values include dates, which a JSON round trip cannot copy
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"--set {item}: expected section.key=value")
+            raise ConfigError(f"--set {_key(item)}: expected section.key=value")
         dotted, text = item.split("=", 1)
         parts = [p.strip() for p in dotted.strip().split(".")]
         if len(parts) < 2 or not all(parts):
-            raise ConfigError(f"--set {item}: expected section.key=value")
+            raise ConfigError(f"--set {_key(item)}: expected section.key=value")
         node = out
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"{dotted}: {p} is not a table")
+                raise ConfigError(f"{_key(dotted)}: {_key(p)} is not a table")
         node[parts[-1]] = parse_value(text.strip())
     return out
 
@@ -269,8 +327,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
         if not p.is_file():
             raise ConfigError(f"{p}: config file not found")
         try:
-            raw = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as e:
+            text = p.read_bytes().decode("utf-8")  # TOML is UTF-8 whatever the locale says
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}: {e.reason}); TOML files are UTF-8") from None
+        except OSError as e:
+            raise ConfigError(f"{p}: cannot read the config file ({e.strerror or e})") from None
+        try:
+            raw = tomllib.loads(text)
+        except ValueError as e:  # TOMLDecodeError, or an integer of over 4300 digits, which int() refuses
             raise ConfigError(f"{p}: not valid TOML ({e})") from None
     return from_dict(apply_overrides(raw, list(overrides)))
 
@@ -297,7 +361,9 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, (int, float)):
         return repr(v)
     if isinstance(v, str):
-        return json.dumps(v)
+        # JSON's escapes are TOML's; ASCII-only output would write a character beyond the BMP as two \u escapes,
+        # which TOML reads back as two unpaired surrogates
+        return json.dumps(v, ensure_ascii=False)
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {v!r} as TOML")
