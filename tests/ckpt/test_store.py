@@ -1,3 +1,5 @@
+import json
+
 import torch
 
 from turnout.ckpt import Checkpointer, Manifest, latest_checkpoint, list_checkpoints, verify
@@ -79,3 +81,45 @@ def test_async_save_snapshots_before_training_continues(tmp_path):
     ck.load(folder, m2, opt2)
     for k, v in m2.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_prune_counts_verified_checkpoints_and_sets_corrupt_ones_aside(tmp_path):
+    m, opt = _model()
+    moved = []
+    ck = Checkpointer(tmp_path, keep=2, on_set_aside=lambda f, dest, why: moved.append((f.name, dest.name, why)))
+    for s in (1, 2, 3):
+        ck.save(m, opt, _manifest(s))
+    shard = next(list_checkpoints(tmp_path)[-1][1].glob("*.distcp"))  # step 3 goes bad after it was written
+    shard.write_bytes(shard.read_bytes()[:-1])
+    fresh = Checkpointer(tmp_path, keep=2, on_set_aside=ck.on_set_aside)  # a new process: nothing cached
+    fresh.save(m, opt, _manifest(4))
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 4]  # 3 is not counted: 2 stays, 1 goes
+    assert moved == [("step-00000003", "step-00000003.corrupt", moved[0][2])] and "sha256" in moved[0][2][0]
+    assert (tmp_path / "checkpoints" / "step-00000003.corrupt").is_dir()
+    assert not fresh.holds(3) and fresh.holds(4) and fresh.newest().name == "step-00000004"
+
+
+def test_a_second_corrupt_copy_of_a_step_does_not_replace_the_first(tmp_path):
+    m, opt = _model()
+    ck = Checkpointer(tmp_path, keep=3)
+    for _ in range(2):
+        folder = ck.save(m, opt, _manifest(1))
+        (folder / "manifest.json").write_text("{}")
+        assert Checkpointer(tmp_path, keep=3).newest() is None
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000001.corrupt",
+                                                                           "step-00000001.corrupt-2"]
+
+
+def test_manifest_covers_itself(tmp_path):
+    m, opt = _model()
+    folder = Checkpointer(tmp_path, keep=2).save(m, opt, _manifest(3))
+    path = folder / "manifest.json"
+    raw = json.loads(path.read_text())
+    assert verify(folder) == [] and len(raw["digest"]) == 64
+    for field, value in (("samples", 0), ("step", 1), ("digest", "")):
+        edited = dict(raw, **{field: value})
+        path.write_text(json.dumps(edited))
+        problems = verify(folder)
+        assert len(problems) == 1 and ("digest does not match" in problems[0] or "no digest" in problems[0])
+    path.write_text(json.dumps(raw, indent=3))  # the same content laid out differently still verifies
+    assert verify(folder) == []

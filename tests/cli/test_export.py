@@ -46,3 +46,19 @@ def test_export_refuses_to_overwrite_other_files(run, tmp_path, capsys):
     assert (tmp_path / "x" / "notes.txt").read_text() == "keep me"
     assert main(["export", str(tmp_path / "nothing"), "--hf", str(tmp_path / "y")]) == 2
     assert "neither a run folder nor a checkpoint folder" in capsys.readouterr().err
+
+
+def test_export_says_which_checkpoint_and_why_it_skipped_a_newer_one(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--config", "configs/debug.toml", "--out", str(run), "--set", "train.steps=2",
+                 "--set", "train.seq_len=32", "--set", "train.eval_interval=0", "--set", "ckpt.interval=1",
+                 "--target", "cpu"]) == 0
+    shard = next((run / "checkpoints" / "step-00000002").glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:-1])
+    capsys.readouterr()
+    assert main(["export", str(run), "--hf", str(tmp_path / "hf")]) == 0
+    out, err = capsys.readouterr()
+    assert "step-00000002: skipped" in err and "sha256 mismatch" in err
+    assert "step-00000001 (step 1)" in out
+    assert json.loads((tmp_path / "hf" / "turnout_checkpoint.json").read_text())["step"] == 1
+    assert (run / "checkpoints" / "step-00000002").is_dir()  # a reader moves nothing

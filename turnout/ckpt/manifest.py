@@ -2,7 +2,9 @@
 
 `manifest.json` lives beside the DCP shards in `RUN/checkpoints/step-N/`. It records model args, the run
 config, the target, torch version, world size, step, global sample index, RNG states (base64 of the raw
-generator bytes) and the sha256 of every other file in the folder.
+generator bytes), the sha256 of every other file in the folder, and the sha256 of its own content (`digest`,
+over every other field in canonical JSON), so an edited manifest (a rewound `samples`, say) is refused like an
+altered shard.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Manifest:
     rng: dict = field(default_factory=dict)  # name -> base64 of a uint8 generator state
     files: dict = field(default_factory=dict)  # relative path -> sha256
     extra: dict = field(default_factory=dict)  # loop state that is not tensors (health, lr scale, losses, ...)
+    digest: str = ""  # sha256 of every other field (see content_digest); set by write_manifest
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
@@ -77,14 +80,21 @@ def hash_folder(folder: Path) -> dict[str, str]:
             if p.is_file() and p.name != MANIFEST}
 
 
+def content_digest(fields: dict) -> str:
+    """sha256 of a manifest's fields other than `digest`, as canonical JSON (sorted keys, no spaces): the same
+    for the dict written and the dict read back, since JSON round-trips every value a manifest holds."""
+    body = {k: v for k, v in fields.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def write_manifest(folder: Path, manifest: Manifest) -> None:
-    """Hash the folder's files into the manifest and write it atomically (temp file, fsync, rename)."""
+    """Hash the folder's files and then the manifest itself into it, and write it atomically."""
     manifest.files = hash_folder(folder)
+    manifest.digest = content_digest(asdict(manifest))
     atomic.write_text(folder / MANIFEST, manifest.to_json())
 
 
-def read_manifest(folder: Path) -> Manifest:
-    """Read and parse a checkpoint's manifest (no hash check; see `verify`)."""
+def _read_raw(folder: Path) -> dict:
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise CheckpointError(f"{folder}: no {MANIFEST} (incomplete or not a turnout checkpoint)")
@@ -94,25 +104,43 @@ def read_manifest(folder: Path) -> Manifest:
         raise CheckpointError(f"{path}: unreadable manifest ({e})") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: manifest is not a JSON object")
-    return Manifest.from_dict(raw, str(path))
+    return raw
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """Read and parse a checkpoint's manifest (no hash check; see `verify`)."""
+    return Manifest.from_dict(_read_raw(folder), str(Path(folder) / MANIFEST))
 
 
 def verify(folder: Path) -> list[str]:
-    """Problems that make a checkpoint untrustworthy: a missing/bad manifest, missing, extra or altered files."""
+    """Problems that make a checkpoint untrustworthy: a missing/bad/edited manifest, missing, extra or altered
+    files. A file that vanishes or cannot be read while it is checked is a problem too, never an exception."""
     folder = Path(folder)
     try:
-        m = read_manifest(folder)
-    except CheckpointError as e:
-        return [str(e)]
+        raw = _read_raw(folder)
+        m = Manifest.from_dict(raw, str(folder / MANIFEST))
+    except (CheckpointError, OSError, TypeError) as e:
+        return [str(e) if isinstance(e, CheckpointError) else f"{folder / MANIFEST}: unreadable ({e})"]
+    if raw.get("digest") != content_digest(raw):  # nothing an edited manifest says can be trusted
+        return [f"{folder / MANIFEST}: its digest does not match its content (the manifest was edited or corrupted)"
+                if raw.get("digest") else f"{folder / MANIFEST}: no digest of its own content"]
     problems = []
-    if not m.files:
+    if not m.files or not isinstance(m.files, dict):
         problems.append(f"{folder}: manifest lists no files")
-    present = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST}
+    try:
+        present = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST}
+    except OSError:
+        present = set()
     for rel, digest in sorted(m.files.items()):
         p = folder / rel
-        if not p.is_file():
+        try:
+            ok = sha256_file(p) == digest if p.is_file() else None
+        except OSError as e:
+            problems.append(f"{p}: unreadable ({e.strerror or e})")
+            continue
+        if ok is None:
             problems.append(f"{p}: missing")
-        elif sha256_file(p) != digest:
+        elif not ok:
             problems.append(f"{p}: sha256 mismatch (file altered or corrupted)")
     for rel in sorted(present - set(m.files)):
         problems.append(f"{folder / rel}: not listed in the manifest")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import warnings
 from concurrent.futures import Future
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from turnout.ckpt.dcp_reader import DCP_METADATA, SafePlanner, SafeReader, read_dcp_metadata
 from turnout.ckpt.manifest import Manifest, read_manifest, verify, write_manifest
 from turnout.errors import CheckpointError
 from turnout.report.rundir import MANIFEST, RunDir
@@ -77,16 +79,72 @@ def latest_checkpoint(run_dir: Path, *, before_step: int | None = None,
     return None
 
 
+def set_aside(folder: Path) -> Path:
+    """Move a checkpoint that failed verification to `step-N.corrupt/` beside it: out of every listing, never
+    counted toward `keep`, never deleted (what is wrong with it may be worth a look). Returns where it went."""
+    dest = RunDir.set_aside_name(folder)
+    os.replace(folder, dest)
+    _fsync_dir(dest.parent)
+    return dest
+
+
+#: called with (folder as it was, where it was moved, its verification problems) for each checkpoint set aside
+OnSetAside = Callable[[Path, Path, list[str]], None]
+
+
 class Checkpointer:
-    """Writes and reads a run's checkpoints. All ranks call `save`/`load`; rank 0 writes manifests and renames."""
+    """Writes and reads a run's checkpoints. All ranks call `save`/`load`/`newest`; rank 0 writes manifests,
+    renames, and sets aside checkpoints that fail verification.
+
+    `keep` counts verified checkpoints only: one that fails verification (found when resuming, rolling back or
+    pruning) is moved to `step-N.corrupt/` and reported through `on_set_aside`, so a corrupt folder never stands
+    in for a good one and is never silently deleted."""
 
     def __init__(self, run_dir: Path, keep: int = 3, async_save: bool = False,
-                 attach: dict[str, Path] | None = None):
+                 attach: dict[str, Path] | None = None, on_set_aside: OnSetAside | None = None):
         self.run_dir = Path(run_dir)
         self.keep = keep
         self.async_save = async_save
         self.attach = dict(attach or {})  # name in checkpoint -> file copied in (e.g. tokenizer.json)
+        self.on_set_aside = on_set_aside
         self._pending: tuple[Future, Path, Manifest] | None = None
+        self._good: set[str] = set()  # folder names written or verified by this process
+
+    # ---- which checkpoints are good ------------------------------------------------------------------
+    def _verified(self, folder: Path) -> bool:
+        """Whether `folder` verifies (cached for what this process wrote or checked); rank 0 sets aside one that
+        does not. Every rank reaches the same answer: they read the same files."""
+        if folder.name in self._good:
+            return True
+        problems = verify(folder)
+        if not problems:
+            self._good.add(folder.name)
+            return True
+        if _rank() == 0 and folder.is_dir():
+            dest = set_aside(folder)
+            if self.on_set_aside:
+                self.on_set_aside(folder, dest, problems)
+        return False
+
+    def newest(self, *, before_step: int | None = None) -> Path | None:
+        """The newest verified checkpoint (optionally with step < before_step); failing ones on the way are set
+        aside. All ranks call it together."""
+        found = None
+        for step, folder in reversed(list_checkpoints(self.run_dir)):
+            if before_step is not None and step >= before_step:
+                continue
+            if self._verified(folder):
+                found = folder
+                break
+        _barrier()  # rank 0's moves are done before any rank lists the folder again
+        return found
+
+    def holds(self, step: int) -> bool:
+        """Whether a verified checkpoint of `step` is on disk (a corrupt one is set aside and does not count)."""
+        folder = step_dir(self.run_dir, step)
+        held = folder.is_dir() and self._verified(folder)
+        _barrier()
+        return held
 
     # ---- save ---------------------------------------------------------------------------------------
     def save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, manifest: Manifest) -> Path:
@@ -133,15 +191,21 @@ class Checkpointer:
                 shutil.rmtree(final)
             os.replace(tmp, final)
             _fsync_dir(final.parent)
+            self._good.add(final.name)
             self._prune()
         _barrier()
         return final
 
     def _prune(self) -> None:
-        """Keep the newest `keep` complete checkpoints; stale `.tmp` folders of dead writers go too."""
-        done = list_checkpoints(self.run_dir)
-        for _, folder in done[: max(len(done) - self.keep, 0)]:
-            shutil.rmtree(folder, ignore_errors=True)
+        """Keep the newest `keep` verified checkpoints (rank 0): older verified ones are deleted, failing ones are
+        set aside and not counted; stale `.tmp` folders of dead writers go too."""
+        kept = 0
+        for _, folder in reversed(list_checkpoints(self.run_dir)):
+            if kept < self.keep:
+                kept += self._verified(folder)
+            elif self._verified(folder):  # beyond keep: deleted if good; a failing one is set aside instead
+                shutil.rmtree(folder, ignore_errors=True)
+                self._good.discard(folder.name)
         for p in RunDir(self.run_dir).partial_checkpoints():
             if self._pending is None or p != self._pending[1]:
                 shutil.rmtree(p, ignore_errors=True)
@@ -158,25 +222,41 @@ class Checkpointer:
         return manifest
 
 
+def _dcp_load(state: dict, folder: Path) -> None:
+    """dcp.load through the restricted metadata reader and weights-only planner (turnout.ckpt.dcp_reader): a
+    crafted checkpoint is a one-line CheckpointError, never code run. The metadata is read once first, here,
+    because DCP folds a reader's error into an AssertionError of its own."""
+    with open(Path(folder) / DCP_METADATA, "rb") as f:
+        read_dcp_metadata(f, str(Path(folder) / DCP_METADATA))
+    with _single_process_ok():
+        dcp.load(state, storage_reader=SafeReader(str(folder)), planner=SafePlanner())
+
+
 def load_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
-    """DCP-load `model` (and optimizer) state in place from a checkpoint folder (no verification)."""
+    """DCP-load `model` (and optimizer) state in place from a checkpoint folder (no hash verification here)."""
     opts = StateDictOptions(full_state_dict=False)
     if optimizer is None:
         msd, _ = get_state_dict(model, [], options=opts)
         state = {"model": msd}
-        with _single_process_ok():
-            dcp.load(state, checkpoint_id=str(folder))
+        _dcp_load(state, folder)
         set_state_dict(model, [], model_state_dict=state["model"], optim_state_dict={}, options=opts)
         return
     msd, osd = get_state_dict(model, optimizer, options=opts)
     state = {"model": msd, "optim": osd}
-    with _single_process_ok():
-        dcp.load(state, checkpoint_id=str(folder))
+    _dcp_load(state, folder)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"], options=opts)
 
 
-def resolve_checkpoint(path: Path) -> Path:
-    """A checkpoint folder from either a run folder (newest good one) or a checkpoint folder itself."""
+def _say_refused(folder: Path, problems: list[str]) -> None:
+    print(f"checkpoint {folder}: skipped, {problems[0]}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1
+          else ""), file=sys.stderr)
+
+
+def resolve_checkpoint(path: Path, on_refused: Callable[[Path, list[str]], None] | None = _say_refused) -> Path:
+    """A checkpoint folder from either a run folder (newest good one) or a checkpoint folder itself. A newer
+    checkpoint of a run that fails verification is passed over, and said (by default, one stderr line each),
+    so a reader never falls back to an older checkpoint without saying which and why. Nothing is moved: a run's
+    own training does that."""
     path = Path(path)
     if (path / MANIFEST).is_file():
         problems = verify(path)
@@ -184,7 +264,7 @@ def resolve_checkpoint(path: Path) -> Path:
             raise CheckpointError(problems[0])
         return path
     if checkpoint_dir(path).is_dir():
-        found = latest_checkpoint(path)
+        found = latest_checkpoint(path, on_refused=on_refused)
         if found is None:
             raise CheckpointError(f"{path}: no complete checkpoint passes verification")
         return found

@@ -27,7 +27,8 @@ def tokenizer_config(tokenizer) -> dict:
 
 
 def export_hf(source: Path, out: Path) -> Path:
-    """Load the newest good checkpoint under `source` and write `out` (model, tokenizer, provenance)."""
+    """Load the newest good checkpoint under `source` and write `out` (model, tokenizer, provenance); returns
+    the checkpoint folder it exported (a newer one that fails verification is skipped, and said on stderr)."""
     from turnout.ckpt.restore import load_model
     from turnout.data import Tokenizer
     from turnout.model import save_pretrained
@@ -47,13 +48,13 @@ def export_hf(source: Path, out: Path) -> Path:
                       {"source": str(folder), "step": manifest.step, "samples": manifest.samples,
                        "target": manifest.target, "world_size": manifest.world_size,
                        "torch_version": manifest.torch_version})
-    return out
+    return folder
 
 
 def run(args: argparse.Namespace) -> int:
     source, out = Path(args.source), Path(args.hf)
     if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
         raise ConfigError(f"--hf {out}: exists and is not an HF model directory; refusing to overwrite it")
-    export_hf(source, out)
-    print(f"exported {source} -> {out}")
+    folder = export_hf(source, out)
+    print(f"exported {folder} (step {folder.name.split('-')[-1].lstrip('0') or '0'}) -> {out}")
     return 0

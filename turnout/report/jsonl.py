@@ -34,14 +34,17 @@ class JsonlWriter:
         self.path = Path(path)
         self.enabled = enabled
         self._f = None
-        if enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(self.path, "a")
 
     def write(self, obj: dict) -> None:
-        if self._f is not None:
-            self._f.write(json.dumps(clean(obj)) + "\n")
-            self._f.flush()
+        """Append one line; the file (and its folder) is created on the first write, so a start that fails
+        before anything happened leaves nothing behind."""
+        if not self.enabled:
+            return
+        if self._f is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(self.path, "a")
+        self._f.write(json.dumps(clean(obj)) + "\n")
+        self._f.flush()
 
     def close(self) -> None:
         if self._f is not None:

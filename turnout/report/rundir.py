@@ -9,6 +9,7 @@
       report.html             the run report (rebuilt from the files above)
       tensorboard/            event files, when train.log_to has "tensorboard"
       checkpoints/step-N/     DCP shards, manifest.json, tokenizer.json (written as step-N.tmp/, then renamed)
+      checkpoints/step-N.corrupt/  a checkpoint that failed verification, set aside (never counted or deleted)
     QDIR/                     QualifyDir: one qualification (`turnout qualify --out QDIR`)
       qualify.json, report.html
     DEMO/                     DemoDir: `turnout demo --out DEMO`
@@ -64,6 +65,20 @@ class RunDir:
         except OSError:
             return []
         return sorted(found)
+
+    @staticmethod
+    def set_aside_name(folder: Path) -> Path:
+        """Where a checkpoint that failed verification goes: step-N.corrupt beside it (step-N.corrupt-2, ... when
+        an earlier one of that step is already there), so nothing already set aside is replaced."""
+        dest, i = folder.with_name(folder.name + ".corrupt"), 1
+        while dest.exists():
+            i += 1
+            dest = folder.with_name(f"{folder.name}.corrupt-{i}")
+        return dest
+
+    def set_aside_checkpoints(self) -> list[Path]:
+        """Checkpoints that failed verification and were moved aside (`step-N.corrupt`)."""
+        return sorted(self.checkpoints.glob("step-*.corrupt*")) if self.checkpoints.is_dir() else []
 
     def partial_checkpoints(self) -> list[Path]:
         """Checkpoint folders a writer had not finished (`step-N.tmp`)."""

@@ -43,8 +43,8 @@ class TensorBoardSink:
     is the truth of what happened, so nothing is purged. A resumed run (another process, possibly another
     target) adds its own event file to the same folder and TensorBoard reads them all together.
 
-    The folder is created at once; the event file only on the first write, so a run that never logs leaves no
-    empty file behind. Only rank 0 should hold a sink, like metrics.jsonl.
+    The folder and its event file are created on the first write, so a run that never logs leaves nothing
+    behind. Only rank 0 should hold a sink, like metrics.jsonl.
     """
 
     def __init__(self, log_dir: str | Path):
@@ -53,12 +53,12 @@ class TensorBoardSink:
         except ImportError as e:
             raise RuntimeError(_MISSING) from e
         self.log_dir = Path(log_dir)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
         self._make_writer = SummaryWriter
         self._writer = None
 
     def _w(self):
         if self._writer is None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
             self._writer = self._make_writer(log_dir=str(self.log_dir))
         return self._writer
 

@@ -7,8 +7,10 @@ same target and world size, and in the same data order on any other.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,16 +21,18 @@ import torch.distributed as dist
 
 from turnout import atomic
 from turnout.backend import Backend, get_backend
-from turnout.ckpt import Checkpointer, Manifest, encode_rng, latest_checkpoint, list_checkpoints
+from turnout.ckpt import Checkpointer, Manifest, encode_rng, list_checkpoints, read_manifest
 from turnout.config import Config, ConfigError, to_toml
 from turnout.data import Dataset
 from turnout.errors import one_line
+from turnout.model.args import KERNEL_FIELDS, ModelArgs
 from turnout.report.rundir import TOKENIZER, RunDir
 from turnout.train.build import Built, build_dataset, build_model
 from turnout.train.dist import DistInfo, all_reduce_mean, init_distributed
 from turnout.train.events import EventLog
 from turnout.train.heal import Healer
 from turnout.train.health import EXIT_HANG, RunUnrecoverable, TargetUntrusted
+from turnout.train.interrupt import Interrupted, SignalStop
 from turnout.train.loss_check import LossCheck
 from turnout.train.progress import RunProgress
 from turnout.train.record import MetricsLog, StepRecorder
@@ -52,6 +56,10 @@ class RunResult:
     already_complete: bool = False  # resumed at or past train.steps: nothing was trained
 
 
+#: train fields that shape the learning-rate schedule (turnout.train.schedule.lr_at)
+SCHEDULE_FIELDS = ("steps", "lr", "min_lr_ratio", "warmup_steps", "schedule", "decay_fraction")
+
+
 class Trainer:
     """One run on one target: owns the built model, the data position and the run folder's logs.
 
@@ -71,7 +79,7 @@ class Trainer:
                                rank=None if main else self.info.rank,  # other ranks: what they alone see
                                also=self.metrics.event)
         self.ckpt = Checkpointer(self.folder.root, keep=config.ckpt.keep, async_save=config.ckpt.async_save,
-                                 attach={TOKENIZER: dataset.path / TOKENIZER})
+                                 attach={TOKENIZER: dataset.path / TOKENIZER}, on_set_aside=self._set_aside)
         self.step = 0
         self.sampler = dataset.sampler(config.train.seq_len, config.train.seed)
         self.recent_losses: list[tuple[int, float]] = []  # (step, loss) of the last steps, kept in the manifest
@@ -87,7 +95,13 @@ class Trainer:
                          if h.enabled and h.replica_check_interval and self.info.world_size > 1
                          and not built.runner.sharded else None)  # DDP: every rank holds a full replica
         self.watchdog = Watchdog(config.health, self._on_hang)
+        self.signals = SignalStop()
         self.truth = GroundTruth(built.backend, self.events, self.info)
+
+    def _set_aside(self, folder: Path, dest: Path, problems: list[str]) -> None:
+        self.events.emit("checkpoint_refused", self.step, f"{folder.name}: {problems[0]}; moved aside to {dest.name} "
+                         f"(not counted toward ckpt.keep, not deleted)", path=str(folder), set_aside=str(dest),
+                         problems=problems[:8])
 
     # ---- position ------------------------------------------------------------------------------------
     def resume_from(self, folder: Path) -> Manifest:
@@ -107,6 +121,21 @@ class Trainer:
         if m.target != b.backend.name:
             self.loss_check.arm(self.folder, m.step)
         return m
+
+    def note_schedule(self, m: Manifest) -> None:
+        """A resume whose config changes the learning-rate schedule (train.steps raised, say) stretches or moves
+        the schedule from here on: said in one line and recorded as an event, never silently."""
+        old = m.config.get("train", {}) if isinstance(m.config, dict) else {}
+        t = self.config.train
+        changed = {k: old[k] for k in SCHEDULE_FIELDS if k in old and old[k] != getattr(t, k)}
+        if not changed:
+            return
+        before = lr_at(m.step, dataclasses.replace(t, **changed), self.rollbacks.lr_scale)
+        now = lr_at(m.step, t, self.rollbacks.lr_scale)
+        what = ", ".join(f"train.{k} {v!r} -> {getattr(t, k)!r}" for k, v in changed.items())
+        self.events.emit("schedule_changed", m.step, f"{what}: the learning-rate schedule changes from step "
+                         f"{m.step} on (lr there {before:.3g} under the checkpoint's schedule, {now:.3g} now)",
+                         changed={k: [v, getattr(t, k)] for k, v in changed.items()}, lr_before=before, lr_now=now)
 
     def manifest(self) -> Manifest:
         b = self.built
@@ -167,7 +196,7 @@ class Trainer:
 
     def restore_replicas(self) -> None:
         """After replicas diverged: back to the newest checkpoint (saved only when they agreed), same data."""
-        if latest_checkpoint(self.folder.root, before_step=self.step + 1) is None:
+        if self.ckpt.newest(before_step=self.step + 1) is None:
             raise TargetUntrusted(f"data-parallel replicas diverged by step {self.step}, before any checkpoint: no "
                                   f"state they agreed on to go back to", "sdc")
         self.rollback(self.step + 1, "data-parallel replicas diverged", skip_data=False)
@@ -189,6 +218,36 @@ class Trainer:
         print(f"turnout train: hang at {label} {step} on {self.built.backend.name} ({elapsed:.1f} s, timeout "
               f"{limit:.1f} s); stopping so the run can resume elsewhere (--resume, or --fallback)", flush=True)
         os._exit(EXIT_HANG)
+
+    def _train_to(self, stop: int) -> None:
+        t, c = self.config.train, self.config.ckpt
+        while True:
+            while self.step < stop:
+                self._stop_if_asked()
+                if self.train_step() is None:
+                    continue  # rolled back: the checkpoint it went back to is already on disk
+                if t.eval_interval and self.step % t.eval_interval == 0 and self.step < t.steps:
+                    self.evaluate()
+                if c.interval and self.step % c.interval == 0 and self.step < stop:
+                    self.save()
+            self.evaluate()
+            if self.ckpt.holds(self.step) or self.save() is not None:
+                break  # else the replicas disagreed and the run went back: train to the end again
+
+    def _stop_if_asked(self) -> None:
+        """At a step boundary: after SIGTERM/SIGINT on any rank, checkpoint (unless this step is already), record
+        a `stop` and raise Interrupted (see turnout.train.interrupt)."""
+        signum = self.signals.requested(self.info.world_size, self.built.backend.device())
+        if not signum:
+            return
+        self.ckpt.wait()  # a pending async save completes first
+        folder = self.save() if self.step > 0 and not self.ckpt.holds(self.step) else None
+        self.ckpt.wait()
+        e = Interrupted(signum, self.step, folder.name if folder is not None else None)
+        last = self.last.loss if self.last else math.nan
+        self.events.emit("stop", self.step, str(e), signal=signal.Signals(signum).name, loss=last,
+                         val_loss=self.val_loss, checkpoint=str(folder) if folder is not None else None)
+        raise e
 
     def record(self, r: StepResult, lr: float, loads: torch.Tensor, seconds: float) -> None:
         row = self.recorder.train_row(self.step, r, lr, loads, seconds, self.sampler.state_dict()["index"])
@@ -222,23 +281,12 @@ class Trainer:
     def run(self, until: int | None = None) -> RunResult:
         """Train to `train.steps` (or stop after step `until`, checkpointed, with the schedule unchanged)."""
         t = self.config.train
-        c = self.config.ckpt
         stop = min(t.steps, until) if until else t.steps
         if self.config.health.enabled:
             self.watchdog.start()
         try:
-            while True:
-                while self.step < stop:
-                    if self.train_step() is None:
-                        continue  # rolled back: the checkpoint it went back to is already on disk
-                    if t.eval_interval and self.step % t.eval_interval == 0 and self.step < t.steps:
-                        self.evaluate()
-                    if c.interval and self.step % c.interval == 0 and self.step < stop:
-                        self.save()
-                self.evaluate()
-                saved = list_checkpoints(self.folder.root)
-                if (saved and saved[-1][0] == self.step) or self.save() is not None:
-                    break  # else the replicas disagreed and the run went back: train to the end again
+            with self.signals:
+                self._train_to(stop)
             self.ckpt.wait()
         except TargetUntrusted as e:
             self.events.emit("untrusted", self.step + 1, f"{self.built.backend.name} is no longer trusted: {e}",
@@ -246,6 +294,10 @@ class Trainer:
             raise
         except RunUnrecoverable as e:
             self.events.emit("unrecoverable", self.step + 1, str(e))
+            raise
+        except KeyboardInterrupt:  # a second Ctrl-C: the step in progress is abandoned, and that is recorded
+            self.events.emit("stop", self.step, f"SIGINT twice: stopped during step {self.step + 1} without "
+                             f"finishing it; continue with --resume from the newest checkpoint", signal="SIGINT")
             raise
         finally:
             self.watchdog.stop()
@@ -259,34 +311,56 @@ class Trainer:
         return RunResult(self.folder.root, self.step, last, self.val_loss, self.built.backend.name)
 
 
-def prepare_run_dir(run: RunDir, config: Config, info: DistInfo, resume: bool) -> None:
-    """Create the run folder (rank 0) and record the config; refuse to overwrite a run that has checkpoints."""
+def refuse_overwrite(run: RunDir, resume: bool) -> None:
+    """A new run never writes into a folder that already holds a run's checkpoints (writes nothing itself)."""
+    if not resume and list_checkpoints(run.root):
+        raise ConfigError(f"--out {run.root}: this run already has checkpoints; pass --resume to continue it or "
+                          f"choose another folder")
+
+
+def record_config(run: RunDir, config: Config, info: DistInfo) -> None:
+    """Create the run folder and record the resolved config (rank 0), once every check has passed."""
     if info.is_main:
-        if not resume and list_checkpoints(run.root):
-            raise ConfigError(f"--out {run.root}: this run already has checkpoints; pass --resume to continue it or "
-                              f"choose another folder")
         run.root.mkdir(parents=True, exist_ok=True)
         atomic.write_text(run.config, to_toml(config))
     if info.world_size > 1:
         dist.barrier()
 
 
+def refuse_other_model(manifest: Manifest, args: ModelArgs, folder: Path) -> None:
+    """--resume with a config that builds another model (other shapes, layers, experts, ...): one line naming
+    the fields that differ, before anything is loaded or written. Kernel choices may differ (a target picks
+    its own); they never change what the model computes."""
+    ours = args.to_dict()
+    differ = [k for k in sorted(set(manifest.model_args) | set(ours))
+              if k not in KERNEL_FIELDS and manifest.model_args.get(k) != ours.get(k)]
+    if differ:
+        shown = ", ".join(f"{k}={manifest.model_args.get(k)!r} (config: {ours.get(k)!r})" for k in differ[:6])
+        more = f" and {len(differ) - 6} more" if len(differ) > 6 else ""
+        raise ConfigError(f"--resume: {folder.name} holds another model than this config builds: {shown}{more}; "
+                          f"resume with the run's own config (leave out --config) or start a new run")
+
+
 def train(config: Config, target: str | Backend | None, run_dir: str | Path, *, resume: bool = False,
           until: int | None = None, log: Callable[[str], None] | None = print) -> RunResult:
-    """Train (or resume) the run in `run_dir` on `target`; every rank calls this. Writes the report at the end."""
+    """Train (or resume) the run in `run_dir` on `target`; every rank calls this. Writes the report at the end.
+    A start that fails (target, model, data, a checkpoint of another model) leaves no trace in `run_dir`."""
     run = RunDir(run_dir)
     backend = target if isinstance(target, Backend) else get_backend(target)
     info = init_distributed(backend)
-    prepare_run_dir(run, config, info, resume)
+    if info.is_main:
+        refuse_overwrite(run, resume)
     built = build_model(config, backend, info)
     dataset = build_dataset(config, built.args, info, log if info.is_main else None)
     trainer = Trainer(config, built, dataset, run.root, log if info.is_main else None)
+    folder = trainer.ckpt.newest() if resume else None
+    if folder is not None:
+        refuse_other_model(read_manifest(folder), built.args, folder)
+    record_config(run, config, info)
     if info.is_main:
         atomic.write_bytes(run.tokenizer, (dataset.path / TOKENIZER).read_bytes())
         run.note_start(backend.name, model=built.args.to_dict(), params=built.params,
                        active_params=built.active_params, world_size=info.world_size)
-    folder = latest_checkpoint(run.root, on_refused=lambda p, why: trainer.events.emit(
-        "checkpoint_refused", 0, f"{p.name}: {why[0]}", path=str(p))) if resume else None
     if folder is not None:
         m = trainer.resume_from(folder)
         if m.step >= config.train.steps:  # a finished run: say so, and write nothing (no "end" with a NaN loss)
@@ -296,6 +370,7 @@ def train(config: Config, target: str | Backend | None, run_dir: str | Path, *, 
         trainer.events.emit("resume", m.step, f"resumed from {folder.name} (written on {m.target}, world size "
                             f"{m.world_size}) at sample {m.samples}", path=str(folder), from_target=m.target,
                             from_world_size=m.world_size, samples=m.samples)
+        trainer.note_schedule(m)
     elif resume:
         trainer.events.emit("resume", 0, "no complete checkpoint to resume from; starting at step 0")
     trainer.events.emit("start", trainer.step, f"{built.args.n_layers}-layer model, {built.params:,} params "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from turnout.ckpt import Checkpointer, latest_checkpoint
+from turnout.ckpt import Checkpointer
 from turnout.config import Config
 from turnout.report.rundir import RunDir
 from turnout.train.events import EventLog
@@ -51,7 +51,7 @@ class Rollbacks:
         if len(self.history) >= h.max_rollbacks:
             raise RunUnrecoverable(f"step {onset}: {reason}; {len(self.history)} rollbacks already (health."
                                    f"max_rollbacks={h.max_rollbacks})")
-        folder = latest_checkpoint(self.run.root, before_step=onset)
+        folder = self.ckpt.newest(before_step=onset)
         if folder is None:
             raise RunUnrecoverable(f"step {onset}: {reason}; no checkpoint before it to roll back to")
         m = self.ckpt.load(folder, model, optimizer)
