@@ -10,6 +10,18 @@ import re
 ELLIPSIS = "…"
 
 
+class TargetError(ValueError):
+    """A malformed, unknown or unusable target; the message is one line. Raised by backend/ (re-exported there as
+    `turnout.backend.TargetError`); defined here so the CLI can catch it without importing torch."""
+
+
+class DataError(ValueError):
+    """Bad or missing input data: a missing path, an unreadable line, a missing field, an empty corpus.
+
+    The message is one line and names the file (and line or field) at fault, so the CLI can print it as is.
+    Raised by data/ (re-exported there as `turnout.data.DataError`)."""
+
+
 class CheckpointError(ValueError):
     """A checkpoint does not match the model or cannot be trusted: a missing, unexpected or mis-shaped tensor
     (named), a bad config or manifest, a file failing its hash. The message is one line, so the CLI prints it as

@@ -32,6 +32,9 @@ def test_torch_dtype():
 @pytest.mark.parametrize("text, fragment", [
     ("", "empty"), ("  ", "empty"), ("tpu", "device 'tpu'"), ("cpu:int8", "bad dtype"), ("cuda:bf16:x", "bad dtype"),
     ("sim", "names no profile"), ("sim:", "names no profile"), ("sim::bf16", "names no profile"),
+    # a trailing ':' is a dtype left out, not the default dtype (and for sim, not part of the profile's name)
+    ("cpu:", "ends in ':' with no dtype"), ("CUDA: ", "ends in ':' with no dtype"),
+    ("sim:flaky:", "ends in ':' with no dtype"), ("sim::", "ends in ':' with no dtype"),
 ])
 def test_bad_specs_list_the_valid_forms(text, fragment):
     with pytest.raises(TargetError) as e:

@@ -6,14 +6,12 @@ from dataclasses import dataclass
 
 import torch
 
+from turnout.errors import TargetError
+
 DEVICES = ("cpu", "cuda", "npu", "xpu", "mps", "sim")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 VALID_FORMS = ("cpu", "cpu:fp32", "cpu:bf16", "cuda", "cuda:bf16", "npu:bf16", "xpu", "mps",
                "sim:<profile name or path/to/profile.toml>[:dtype]")
-
-
-class TargetError(ValueError):
-    """A malformed, unknown or unusable target; the message is one line."""
 
 
 @dataclass(frozen=True)
@@ -42,13 +40,15 @@ def parse_spec(text: str) -> TargetSpec:
     if not isinstance(text, str) or not text.strip():
         raise TargetError(f"empty target spec; {_forms()}")
     s = text.strip()
-    device, _, rest = s.partition(":")
+    device, sep, rest = s.partition(":")
     device = device.lower()
     if device not in DEVICES:
         raise TargetError(f"unknown target {s!r}: device {device!r} is not one of {', '.join(DEVICES)}; {_forms()}")
     if device == "sim":
         if not rest:
             raise TargetError(f"target {s!r} names no profile; {_forms()}")
+        if rest.endswith(":"):  # 'sim:flaky:' would otherwise look for a profile named 'flaky:'
+            raise TargetError(f"target {s!r} ends in ':' with no dtype after it; {_forms()}")
         profile, dtype = rest, None
         head, sep, tail = rest.rpartition(":")
         if sep and tail.lower() in DTYPES:
@@ -56,8 +56,10 @@ def parse_spec(text: str) -> TargetSpec:
         if not profile:
             raise TargetError(f"target {s!r} names no profile; {_forms()}")
         return TargetSpec("sim", dtype, profile)
-    if not rest:
+    if not sep:
         return TargetSpec(device)
+    if not rest:  # 'cpu:' is a dtype left out, not the default dtype
+        raise TargetError(f"target {s!r} ends in ':' with no dtype after it; {_forms()}")
     if ":" in rest or rest.lower() not in DTYPES:
         raise TargetError(f"bad dtype in target {s!r}: {rest!r} is not one of {', '.join(DTYPES)}; {_forms()}")
     return TargetSpec(device, rest.lower())

@@ -1,8 +1,6 @@
-"""The one exception the data package raises for bad input."""
+"""The one exception the data package raises for bad input: `DataError`, defined in turnout.errors (layer 0) so
+the command line can catch it without importing the data stack and torch."""
 
+from turnout.errors import DataError
 
-class DataError(ValueError):
-    """Bad or missing input data: a missing path, an unreadable line, a missing field, an empty corpus.
-
-    The message is one line and names the file (and line or field) at fault, so the CLI can print it as is.
-    """
+__all__ = ["DataError"]
