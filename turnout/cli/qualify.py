@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 
-from turnout.backend import get_backend
 from turnout.config import ConfigError, load_config
 from turnout.report.rundir import QualifyDir
 
@@ -40,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from turnout.backend import get_backend
     from turnout.qualify.run import qualify
     from turnout.qualify.verdict import satisfies
     from turnout.qualify.workload import Settings

@@ -21,7 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "clean and a jittered false-alarm sample (default: as many as flips)")
     p.add_argument("--seed", type=int, default=0, help="seed of the flips' steps, calls, elements and bits")
     p.add_argument("--out", required=True, help="folder for sdc-coverage.json and sdc-coverage.html")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value")
 
 
 def run(args: argparse.Namespace) -> int:

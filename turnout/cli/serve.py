@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="run folder, checkpoint folder or HF DeepseekV3 directory")
     p.add_argument("--target", default=None, help="where to run (default: $TURNOUT_TARGET or the first accelerator)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on (default 8000)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 "
                    "(default: $TURNOUT_API_KEY; unset: no key)")
     p.add_argument("--require-certificate", action="store_true",
@@ -32,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-context", type=int, default=None,
                    help="context length in tokens (default: the model's, capped at 8192)")
     p.add_argument("--model-name", default=None, help="the model id clients send (default: the folder's name)")
-    p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
+    p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"),
+                   help="the HTTP server's (uvicorn's) log level (default warning; info also logs each request)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,11 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from rich.console import Console
-from rich.table import Table
-
-from turnout.backend import default_spec, get_backend, known_targets
-
 HELP = "list known targets: availability (and why not), probed dtypes, collective backend, matmul peak"
 
 
@@ -20,6 +15,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from turnout.backend import default_spec, get_backend, known_targets
+
     backends = [get_backend(s) for s in (args.specs or known_targets())]  # bad spec -> TargetError -> exit 2
     default = default_spec()
     rows = []

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 from turnout import atomic
-from turnout.ckpt import latest_checkpoint, read_manifest
 from turnout.config import ConfigError, load_config
 from turnout.report.rundir import RunDir
 
@@ -100,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         return _supervise(args, config, fallback)
     if args.nproc > 1:
         return _launch_torchrun(args)
+    from turnout.ckpt import latest_checkpoint, read_manifest
     from turnout.train import train
     from turnout.failover.supervisor import SUPERVISED_ENV
     from turnout.train.dist import shutdown_distributed
