@@ -60,14 +60,14 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
 
 def _supervise(args: argparse.Namespace, config, fallback: list[str]) -> int:
     """--fallback: this process becomes the supervisor; workers train and it moves the run between targets."""
-    from turnout.backend import default_spec, parse_spec
+    from turnout.backend import default_spec, get_backend
     from turnout.ckpt import list_checkpoints
     from turnout.config import to_toml
     from turnout.failover import Supervisor
 
     targets = [args.target or default_spec(), *fallback]
-    for t in targets:
-        parse_spec(t)  # a bad spec is a one-line error before anything starts
+    for t in targets:  # a bad spec, or a sim profile that is missing or does not load, is a one-line error now,
+        get_backend(t)  # not at failover time hours into the run (building a backend probes nothing)
     run_dir = Path(args.out)
     if not args.resume and list_checkpoints(run_dir):
         raise ConfigError(f"--out {run_dir}: this run already has checkpoints; pass --resume to continue it or "

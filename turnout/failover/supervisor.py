@@ -29,6 +29,7 @@ from turnout.config import Config
 from turnout.report.rundir import RunDir
 from turnout.train.build import refusals
 from turnout.train.events import EventLog
+from turnout.train.health import EXIT_UNRECOVERABLE
 from turnout.train.launch import command as launch_command
 
 STOP_KINDS = ("untrusted", "hang", "unrecoverable")
@@ -146,7 +147,7 @@ class Supervisor:
             restarts, ran = 0, None
             self._failover(target, self.targets[i] if i < len(self.targets) else None, ex)
         self.log("supervisor: no target left to run on")
-        return 1
+        return EXIT_UNRECOVERABLE  # the run cannot continue on any target (88, as the README promises)
 
     def _failover(self, old: str, new: str | None, ex: WorkerExit) -> None:
         folder = latest_checkpoint(self.run_dir)
