@@ -279,8 +279,8 @@ def _cross_check(cfg: Config) -> None:
     if t.warmup_steps > t.steps:
         raise ConfigError(f"train.warmup_steps: {t.warmup_steps} exceeds train.steps={t.steps}")
     for key, value in cfg.model.overrides.items():
-        if not isinstance(key, str) or not key.isidentifier():
-            raise ConfigError(f"model.overrides.{_key(key)}: not a field name")
+        if not isinstance(key, str) or not (key.isascii() and key.isidentifier()):  # ModelArgs' names are ASCII,
+            raise ConfigError(f"model.overrides.{_key(key)}: not a field name")  # and to_toml writes them bare
         if not isinstance(value, (bool, int, float, str)):
             raise ConfigError(f"model.overrides.{key}: expected a scalar, got {_show(value)}")
         why = _bad_scalar(value)
