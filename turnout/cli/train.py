@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from turnout.failover.supervisor import SUPERVISED_ENV
     from turnout.train.dist import shutdown_distributed
     from turnout.train.health import EXIT_UNRECOVERABLE, EXIT_UNTRUSTED, RunUnrecoverable, TargetUntrusted
+    from turnout.train.interrupt import Interrupted
 
     target = args.target
     if target is None and args.resume and not os.environ.get("TURNOUT_TARGET"):
@@ -121,6 +122,10 @@ def run(args: argparse.Namespace) -> int:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"turnout train: cannot continue: {e}", file=sys.stderr)
         return EXIT_UNRECOVERABLE
+    except Interrupted as e:  # SIGTERM / SIGINT: checkpointed at a step boundary, the report written
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"turnout train: {e}", file=sys.stderr)
+        return e.code
     finally:  # this process owns the rank: leave the group before exiting (gloo's threads abort a live one)
         shutdown_distributed()
     if args.sample and int(os.environ.get("RANK", "0")) == 0:

@@ -14,9 +14,11 @@ Every decision is an event in the run's events.jsonl.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import threading
 import sys
 import time
 from dataclasses import dataclass
@@ -39,7 +41,7 @@ SUPERVISED_ENV = "TURNOUT_SUPERVISED"  # set for workers: what to do next is the
 @dataclass
 class WorkerExit:
     code: int
-    reason: str  # "done", "untrusted", "hang", "unrecoverable", "config", "died", "refused"
+    reason: str  # "done", "untrusted", "hang", "unrecoverable", "config", "died", "refused", "interrupted"
     detail: str
     last_step: int
 
@@ -79,21 +81,33 @@ class Supervisor:
         return [sys.executable, "-m", "turnout", "train", *inner]
 
     def run_worker(self, target: str, resume: bool) -> WorkerExit:
-        """Start one worker (group) and wait; a SIGINT/SIGTERM to the supervisor is passed on."""
+        """Start one worker (group) and wait. A SIGINT/SIGTERM to the supervisor is passed on to the worker, which
+        checkpoints at its next step boundary and stops; the supervisor then stops too (reason "interrupted")."""
         t0 = time.time()
         env = dict(os.environ, PYTHONUNBUFFERED="1", **{SUPERVISED_ENV: "1"})
         self.worker = subprocess.Popen(self.command(target, resume), env=env, start_new_session=True)
         (self.run_dir / "worker.pid").write_text(str(self.worker.pid))
+        got: list[int] = []
+
+        def forward(signum: int, frame: object) -> None:
+            got.append(signum)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.worker.pid, signum)
+
+        old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)} \
+            if threading.current_thread() is threading.main_thread() else {}
         try:
             code = self.worker.wait()
-        except KeyboardInterrupt:
-            os.killpg(self.worker.pid, signal.SIGINT)
-            self.worker.wait()
-            raise
         finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
             (self.run_dir / "worker.pid").unlink(missing_ok=True)
         stops = [e for e in _events_since(self.folder, t0) if e.get("kind") in STOP_KINDS]
         last = _last_step(self.folder, target)
+        if got:
+            name = signal.Signals(got[0]).name
+            return WorkerExit(code if code > 0 else 128 + got[0], "interrupted",
+                              f"{name}: passed on to the worker, which stopped after step {last}", last)
         if code == 0:
             return WorkerExit(0, "done", "", last)
         if stops:
@@ -133,6 +147,9 @@ class Supervisor:
             resume = True
             if ex.reason == "done":
                 return 0
+            if ex.reason == "interrupted":
+                self.log(f"supervisor: {ex.detail}; continue with the same command and --resume")
+                return ex.code
             if ex.reason in ("unrecoverable", "config"):
                 self.log(f"supervisor: stopping: {ex.detail}")
                 return ex.code or 1
