@@ -119,3 +119,23 @@ def test_a_device_error_one_rank_alone_sees_is_in_the_events(tmp_path, reference
     assert [(e["step"], e["rank"]) for e in ev if e["kind"] == "injected"] == [(3, 1)]
     assert all(e.get("rank", 0) == 0 or e["kind"] in ("device_error", "injected") for e in ev)
     _close(_metrics(run), reference, range(1, 5))
+
+
+def test_one_ranks_corrupted_reduce_scatter_is_caught_in_the_same_step_under_fsdp(tmp_path, reference):
+    """FSDP2: rank 1's shard of one reduce-scatter comes back with a flipped bit at step 3. The conservation check
+    of that reduce-scatter fails on both ranks (every rank checks every chunk) in step 3, names rank 1's chunk,
+    and the clean re-run is applied: the run matches one process."""
+    prof = tmp_path / "rs.toml"
+    prof.write_text('[profile]\ndescription = "rank 1: a flipped bit in its reduce-scatter shard at step 3"\n'
+                    '[[fault]]\nkind = "sdc"\nops = ["c10d::_reduce_scatter_base_"]\nat_steps = [3]\nbit = 27\n'
+                    'ranks = [1]\n')
+    run = tmp_path / "run"
+    _train(run, "--set", "train.parallel='fsdp'", "--target", f"sim:{prof}", nproc=2)
+    ev = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["rank"], e["op"]) for e in ev if e["kind"] == "injected"] == \
+        [(3, 1, "c10d::_reduce_scatter_base")]
+    sdc = [e for e in ev if e["kind"] == "sdc"]
+    assert [(e["step"], e["classification"]) for e in sdc] == [(3, "transient")]
+    assert "c10d::reduce_scatter" in sdc[0]["detail"]
+    assert not any(e["kind"] == "rollback" for e in ev)
+    _close(_metrics(run), reference, range(1, 5))

@@ -30,6 +30,8 @@ from turnout.backend.sim_record import Recorder
 from turnout.backend.sim_schedule import Schedule
 from turnout.backend.spec import DTYPES
 
+aten = torch.ops.aten
+
 _UNSET = object()
 _HANG_SLICE = 0.05  # seconds per wait while hanging: a cancel is seen within this
 
@@ -69,6 +71,9 @@ class Injector:
             for op in f.ops:
                 self._by_op.setdefault(op, []).append(f)
         self.plans: dict[Any, _Plan | None] = {}  # OpOverload -> plan (None: run untouched)
+        # (result, flat index, value) of the last collective sdc: a copy into that result right after the
+        # collective (gloo's reduce-scatter copies its output out of a buffer of its own) gets the flip again
+        self.refault: tuple[torch.Tensor, int, float] | None = None
         self.cancel = threading.Event()  # set to release a hang early
         self.hanging = threading.Event()  # set while a hang blocks
 
@@ -91,6 +96,14 @@ class Injector:
     # ---- one op ------------------------------------------------------------------------------------
     def dispatch(self, func: Any, plan: _Plan | None, args: tuple, kwargs: dict) -> Any:
         """Run `func` with the faults of `plan` (and any due any-op step fault)."""
+        if self.refault is not None:
+            t, index, value = self.refault
+            if func is aten.copy_.default and args[0].untyped_storage().data_ptr() == t.untyped_storage().data_ptr():
+                out = func(*args, **kwargs)
+                t.view(-1)[index] = value
+                return out
+            if func is not aten.split.Tensor:
+                self.refault = None
         step = self.schedule.step
         op = plan.op if plan is not None else None
         for f in self.schedule.pending:
@@ -161,6 +174,8 @@ class Injector:
         returns = func._schema.returns
         if results is not None or (returns and returns[min(i, len(returns) - 1)].alias_info is not None):
             t.copy_(new.view(t.shape))
+            if results is not None and t.is_contiguous():
+                self.refault = (t, index, after)
             return out
         if not isinstance(out, (tuple, list)):
             return new.view(t.shape)
@@ -215,6 +230,6 @@ class _SimMode(TorchDispatchMode):
         plan = inj.plans.get(func, _UNSET)
         if plan is _UNSET:
             plan = inj.build(func)
-        if plan is None and not inj.schedule.pending:
+        if plan is None and not inj.schedule.pending and inj.refault is None:
             return func(*args, **(kwargs or {}))
         return inj.dispatch(func, plan, args, kwargs or {})

@@ -1,4 +1,5 @@
-"""The gradient all-reduce checked by conservation, in the step it happens (DDP).
+"""The gradient reduction checked by conservation, in the step it happens: DDP's all-reduce and FSDP2's
+reduce-scatter.
 
 A DDP communication hook reduces each gradient bucket as DDP's default hook does (sum, then divide by the world
 size) and also all-reduces two numbers per bucket: the rank's local sum of the bucket and its sum of squares,
@@ -7,6 +8,13 @@ ranks' local sums, up to the rounding of the reduction itself: each element is t
 terms, so (probabilistically, as in turnout.backend.abft) the difference stays below
 LAMBDA * u * sqrt(world - 1) * sqrt(sum over ranks of ||g_r||^2). A rank whose reduced bucket came back
 corrupted fails that check on its own; the verdict joins the step's product checks and is read with them.
+
+FSDP2 reduce-scatters each group's flat gradient buffer [world * shard]: rank j keeps the reduction of chunk j.
+`ConservedReduceScatter` (installed with `set_custom_reduce_scatter`) does the same reduce-scatter and then one
+small all-reduce of a [3, world] float64 tensor: each rank's sums and squared norms of its own W input chunks,
+and the sum of the shard it received in its own slot. For every chunk j the reduced shard's sum must equal the
+ranks' summed chunk sums, within the same bound as above; every rank checks every chunk, so all ranks see the
+one rank whose shard came back wrong (the mismatch's `row` is that rank).
 """
 
 import math  # no `from __future__ import annotations`: DDP reads the hook's annotations as objects
@@ -14,11 +22,14 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp._fully_shard._fsdp_collectives import DefaultReduceScatter
+
 
 from turnout.backend.abft import LAMBDA, unit_roundoff
 from turnout.backend.checksums import StepChecks
 
 OP = "c10d::allreduce"
+RS_OP = "c10d::reduce_scatter"
 
 
 class Conservation:
@@ -48,12 +59,62 @@ def conserved_allreduce(state: Conservation, bucket: dist.GradBucket) -> torch.f
         out = f.value()[0]
         if checks is not None:
             got = out.sum(dtype=torch.float64)
-            scale = local[1].sqrt()
-            bound = LAMBDA * (u * math.sqrt(max(world - 1, 1)) + 2 * math.sqrt(n) * unit_roundoff(torch.float64)) \
-                * scale + torch.finfo(torch.float64).tiny
+            bound = _bound(local[1].sqrt(), u, world, n)
             diff = (got - local[0]).abs().nan_to_num(nan=math.inf, posinf=math.inf)
             diff = torch.where(torch.isfinite(local).all(), diff, torch.zeros_like(diff))
             checks.add(OP, "backward", (n,), diff.reshape(1), bound.nan_to_num(nan=math.inf).reshape(1))
         return out.div_(world)
 
     return fut.then(verify)
+
+
+def _bound(scale: torch.Tensor, u: float, world: int, n: int) -> torch.Tensor:
+    """LAMBDA times the scale of a sum's rounding when `n` elements, each a float32 sum of `world` terms, are summed
+    in float64 (see the module doc); `scale` is sqrt of the terms' summed squares."""
+    return LAMBDA * (u * math.sqrt(max(world - 1, 1)) + 2 * math.sqrt(n) * unit_roundoff(torch.float64)) * scale \
+        + torch.finfo(torch.float64).tiny
+
+
+def install_fsdp(model: torch.nn.Module, checks: Callable[[], StepChecks | None]) -> int:
+    """Make every FSDP2 unit of `model` reduce-scatter through ConservedReduceScatter; returns how many."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in units:
+        m.set_custom_reduce_scatter(ConservedReduceScatter(checks))
+    return len(units)
+
+
+class ConservedReduceScatter(DefaultReduceScatter):
+    """FSDP2's reduce-scatter of a flat gradient buffer, checked by conservation (see the module doc)."""
+
+    def __init__(self, checks: Callable[[], StepChecks | None]):
+        super().__init__()
+        self.checks = checks
+
+    def __call__(self, output_tensor: torch.Tensor, input_tensor: torch.Tensor, group: dist.ProcessGroup,
+                 op, async_op: bool = False):
+        world, rank = dist.get_world_size(group), dist.get_rank(group)
+        chunks = input_tensor.reshape(world, -1)
+        facts = torch.zeros(3, world, dtype=torch.float64, device=input_tensor.device)
+        facts[0] = chunks.sum(dim=1, dtype=torch.float64)
+        facts[1] = torch.linalg.vector_norm(chunks, dim=1, dtype=torch.float64) ** 2
+        work = dist.reduce_scatter_tensor(output_tensor, input_tensor, op=op, group=group, async_op=async_op)
+        if work is not None:
+            work.wait()  # the check reads the result; FSDP2 calls this synchronously on its reduce-scatter stream
+        checks = self.checks()
+        scale = None  # what the shard's sum is multiplied by to match the summed inputs
+        if isinstance(op, dist.ReduceOp.RedOpType) and op in (dist.ReduceOp.SUM, dist.ReduceOp.AVG):
+            scale = 1.0 if op == dist.ReduceOp.SUM else float(world)
+        if checks is None:
+            return work
+        if scale is None:  # a pre-multiplied sum (NCCL's divide factor): its factor is not visible here
+            checks.unchecked[f"{RS_OP} ({op})"] += 1
+            return work
+        facts[2, rank] = output_tensor.sum(dtype=torch.float64) * scale
+        dist.all_reduce(facts, group=group)  # the one small extra collective per reduce-scatter
+        diff = (facts[2] - facts[0]).abs().nan_to_num(nan=math.inf, posinf=math.inf)
+        diff = torch.where(torch.isfinite(facts[:2]).all(0), diff, torch.zeros_like(diff))
+        bound = _bound(facts[1].sqrt(), unit_roundoff(input_tensor.dtype), world, chunks.shape[1])
+        checks.add(RS_OP, "backward", (chunks.shape[1],), diff, bound.nan_to_num(nan=math.inf))
+        return work

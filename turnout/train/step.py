@@ -90,6 +90,8 @@ class StepRunner:
         self.checksums = ChecksumMode() if checksums else None
         if self.checksums is not None and self.world > 1 and hasattr(model, "register_comm_hook"):  # DDP
             conservation.install(model, lambda: self.checksums.checks)
+        elif self.checksums is not None and self.world > 1 and sharded:  # FSDP2
+            conservation.install_fsdp(model, lambda: self.checksums.checks)
         self.adamw_check = None  # the AdamW step's second evaluation, named by parameter
         if checksums:
             names = {id(p): n.removeprefix("module.") for n, p in model.named_parameters()}
