@@ -92,3 +92,11 @@ def test_help_answers_without_importing_the_heavy_stack():
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.splitlines()[-1] == "[]"
+
+
+def test_an_error_quoting_a_line_break_still_prints_as_one_line(tmp_path, capsys):
+    path = tmp_path / "a\nb\u2028c.toml"  # the path is quoted as given: the message itself spans lines
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "run")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1
+    assert err == f"turnout train: error: {tmp_path}/a b c.toml: config file not found\n"
