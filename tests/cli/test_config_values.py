@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from turnout.backend import TargetError, get_backend
 from turnout.cli import main
 from turnout.config import Config, from_dict, load_config, to_toml
 
@@ -73,6 +74,11 @@ def _valid(key: str, typ: type, meta: dict, v: Any) -> bool:
         ok = isinstance(v, str) and _scalar_ok(v)
     if not ok or (choices and v not in choices):
         return False
+    if key == "health.reference" and v:  # a target spec: the backend layer's rules (tests/backend) decide
+        try:
+            get_backend(v)
+        except TargetError:
+            return False
     lo, hi = meta["lo"], meta["hi"]
     if lo is not None and (v < lo or (meta["lo_open"] and v == lo)):
         return False

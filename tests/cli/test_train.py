@@ -39,3 +39,15 @@ def test_no_target_left_to_run_on_exits_88(tmp_path, capsys):
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     assert [(e["kind"], e["target"]) for e in events] == [("target_refused", "cpu"), ("target_refused", "sim:healthy")]
     assert not (run / "checkpoints").exists()
+
+
+def test_a_reference_target_that_does_not_build_is_refused_before_anything_starts(tmp_path, capsys):
+    """health.reference re-executes suspect steps; a bad spec there would otherwise surface at the first one."""
+    run = tmp_path / "run"
+    assert main(["train", *ARGS, "--out", str(run), "--target", "cpu", "--set", "health.reference=tpu"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("turnout train: error: health.reference: unknown target 'tpu'")
+    assert not run.exists()
+    assert main(["train", *ARGS, "--out", str(run), "--target", "cpu", "--fallback", "cpu",
+                 "--set", "health.reference=sim:doesnotexist"]) == 2
+    assert "health.reference: unknown sim profile 'doesnotexist'" in capsys.readouterr().err

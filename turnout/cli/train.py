@@ -10,6 +10,7 @@ from pathlib import Path
 
 from turnout import atomic
 from turnout.config import ConfigError, load_config
+from turnout.errors import TargetError
 from turnout.report.rundir import RunDir
 
 HELP = "train a model: --config FILE --out RUN [--target SPEC] [--set section.key=value] [--resume] [--nproc N]"
@@ -37,7 +38,15 @@ def _config_for(args: argparse.Namespace):
     path = args.config
     if path is None and args.resume and run.config.is_file():
         path = run.config
-    return load_config(path, args.set)
+    config = load_config(path, args.set)
+    if config.health.reference:  # it arbitrates suspect steps: a spec that does not build would stop the run then
+        from turnout.backend import get_backend
+
+        try:
+            get_backend(config.health.reference)
+        except TargetError as e:
+            raise ConfigError(f"health.reference: {e}") from None
+    return config
 
 
 def _launch_torchrun(args: argparse.Namespace) -> int:
