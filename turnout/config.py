@@ -94,7 +94,7 @@ class CkptSection:
     """Checkpointing."""
 
     interval: int = _f(50, "steps between checkpoints; 0 saves only at the end", lo=0)
-    keep: int = _f(3, "newest complete checkpoints kept on disk", lo=1)
+    keep: int = _f(3, "newest verified checkpoints kept on disk (a corrupt one is set aside, not counted)", lo=1)
     async_save: bool = _f(False, "write checkpoints in the background while training continues")
 
 

@@ -32,8 +32,9 @@ def _rows(path: Path, kind: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("sig, code, extra", [(signal.SIGTERM, 143, []), (signal.SIGINT, 130, []),
-                                             (signal.SIGTERM, 143, ["--fallback", "cpu"])],
-                         ids=["sigterm", "sigint", "sigterm-to-the-supervisor"])
+                                             (signal.SIGTERM, 143, ["--fallback", "cpu"]),
+                                             (signal.SIGTERM, 143, ["--nproc", "2"])],
+                         ids=["sigterm", "sigint", "sigterm-to-the-supervisor", "sigterm-to-two-ranks"])
 def test_a_signal_checkpoints_records_and_exits(tmp_path, sig, code, extra):
     run = tmp_path / "run"
     p = subprocess.Popen([sys.executable, "-m", "turnout", "train", *ARGS, "--out", str(run), *extra],
@@ -45,7 +46,7 @@ def test_a_signal_checkpoints_records_and_exits(tmp_path, sig, code, extra):
     out, err = p.communicate(timeout=120)
     assert p.returncode == code, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and signal.Signals(sig).name in err
-    if extra:
+    if "--fallback" in extra:
         assert "supervisor: SIGTERM: passed on to the worker" in out
     (stop,) = _rows(run / "events.jsonl", "stop")
     step = stop["step"]

@@ -64,7 +64,24 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
         if a.startswith("--nproc="):
             continue
         cleaned.append(a)
-    return subprocess.call(command(args.nproc, cleaned))
+    return _forwarding_signals(subprocess.Popen(command(args.nproc, cleaned)))
+
+
+def _forwarding_signals(child: subprocess.Popen) -> int:
+    """Wait for `child`, passing SIGTERM/SIGINT on to it (the launcher stops its ranks, which checkpoint at a step
+    boundary), so the job never outlives this process unattended; its exit code."""
+    import signal
+
+    def forward(signum: int, frame: object) -> None:
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return child.wait()
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 def _supervise(args: argparse.Namespace, config, fallback: list[str]) -> int:

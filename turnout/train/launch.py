@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m turnout.train.launch NPROC ARGS...", file=sys.stderr)
         return 2
     nproc, rest = int(argv[0]), argv[1:]
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     except ChildFailedError as e:
         _, first = e.get_first_failure()
         return exit_code([f.exitcode for f in e.failures.values()], first.exitcode)
+    except SignalException as e:  # SIGTERM/SIGINT: torchrun passed it on to the ranks, which checkpointed and stopped
+        return 128 + int(e.sigval)
     except KeyboardInterrupt:
         return 130
     return 0
