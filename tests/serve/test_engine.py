@@ -138,7 +138,7 @@ def test_context_and_parameter_limits(lm):
                       fit_max_tokens=True)
     assert h.result().completion_tokens == 12
     for bad, param in [(dict(max_tokens=0), "max_tokens"), (dict(temperature=-1.0), "temperature"),
-                       (dict(top_p=0.0), "top_p"), (dict(top_k=-2), "top_k"), (dict(seed=2**64), "seed")]:
+                       (dict(top_p=0.0), "top_p"), (dict(top_k=-2), "top_k"), (dict(seed=2.5), "seed")]:
         with pytest.raises(RequestError) as e:
             engine.submit("x", SamplingParams(**bad))
         assert e.value.param == param
@@ -227,3 +227,58 @@ def test_astream_from_an_event_loop(lm):
     finally:
         engine.shutdown()
     assert "".join(p.text for p in parts) == ref.text and parts[-1].finish_reason == "length"
+
+
+def _alone(lm, jobs, model=None):
+    """Each (prompt, params) decoded by itself: the answers batch neighbours must not change."""
+    engine = Engine(model or lm.model, lm.tokenizer, lm.backend, max_batch=1, max_context=64)
+    return [engine.generate(p, sp).token_ids for p, sp in jobs]
+
+
+def _innocents(lm, n=6):
+    ps = prompts(lm, [3 + 2 * i for i in range(n)])
+    return [(p, SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True) if i % 2 else
+             SamplingParams(max_tokens=10, temperature=0.8, top_p=0.9, seed=50 + i, ignore_eos=True))
+            for i, p in enumerate(ps)]
+
+
+@torch.no_grad()
+def test_a_tiny_temperature_decodes_greedily_beside_untouched_neighbours(lm):
+    """A temperature so small that logit / T overflows float32 (to inf, then NaN after softmax) only at a later
+    decode step, not at prefill: the request still decodes (greedily, the T -> 0 limit), and so does its batch."""
+    model = copy.deepcopy(lm.model)
+    model.head.weight *= 100  # logits of ~80: the overflowing temperature stays a normal float32 (sampled path)
+    prompt = lm.tokenizer.encode("Hostile to be or not")
+    greedy = _alone(lm, [(prompt, SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True))], model)[0]
+    top = model(torch.tensor([prompt + greedy]))[0, len(prompt) - 1:-1].max(-1).values  # per generated position
+    later = float(top[1:].max())
+    assert later > float(top[0])
+    T = (float(top[0]) + later) / 2 / float(torch.finfo(torch.float32).max)  # top[0] / T fits; `later` / T not
+    assert T >= torch.finfo(torch.float32).tiny and float(top[0]) / T < 3.4e38 < later / T
+    tiny = SamplingParams(max_tokens=12, temperature=T, seed=1, ignore_eos=True)
+    jobs = _innocents(lm)
+    ref = _alone(lm, jobs, model)
+    engine = Engine(model, lm.tokenizer, lm.backend, max_batch=8, max_context=64)
+    handles = [engine.submit(prompt, tiny)] + [engine.submit(p, sp) for p, sp in jobs]
+    engine.run()
+    results = [h.result() for h in handles]
+    assert results[0].token_ids == greedy and results[0].finish_reason == "length"
+    assert [r.token_ids for r in results[1:]] == ref
+    assert engine.stats.errors == 0
+
+
+def test_a_row_with_non_finite_logits_fails_alone(lm):
+    """A request whose cache row turns to NaN mid-decode (as a faulty target would leave it) fails with a clear
+    error; the others in its decode batch carry on and get the tokens they get alone."""
+    jobs = _innocents(lm)
+    ref = _alone(lm, jobs)
+    engine = Engine(lm.model, lm.tokenizer, lm.backend, max_batch=8, max_context=64)
+    victim = engine.submit("Hostile to be or not", SamplingParams(max_tokens=20, temperature=0.7, seed=1))
+    handles = [engine.submit(p, sp) for p, sp in jobs]
+    engine.run(max_steps=2)
+    engine.cache.kv[:, 0] = float("nan")  # the victim was admitted first: cache row 0
+    engine.run()
+    assert [h.result().token_ids for h in handles] == ref
+    events = list(victim.events())
+    assert events[-1].finish_reason == "error" and "non-finite logits" in events[-1].error
+    assert engine.stats.errors == 1 and sorted(engine._free) == list(range(8))

@@ -125,6 +125,13 @@ def test_models_health_openapi_and_auth(server):
     assert {"CompletionRequest", "CompletionResponse", "ChatRequest", "ChatResponse", "ErrorResponse"} <= set(schemas)
     refs = {r.rsplit("/", 1)[-1] for r in re.findall(r'"\$ref": "([^"]+)"', json.dumps(spec))}
     assert refs <= set(schemas) and "422" not in json.dumps(spec["paths"])
+    for path, chunk in (("/v1/completions", "CompletionResponse"), ("/v1/chat/completions", "ChatCompletionChunk")):
+        event = spec["paths"][path]["post"]["responses"]["200"]["content"]["text/event-stream"]["schema"]
+        data = event["properties"]["data"]  # one event: data is [DONE] or a chunk's JSON text
+        assert event["type"] == "object" and data["then"] == {"const": "[DONE]"}
+        assert data["else"]["contentMediaType"] == "application/json"
+        assert {"$ref": f"#/components/schemas/{chunk}"} in data["else"]["contentSchema"]["anyOf"]
+    assert schemas["CompletionRequest"]["properties"]["model"]["examples"] == [NAME]
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic " + KEY}):
         r = httpx.post(server.base + "/v1/completions", json={"model": NAME, "prompt": "x"}, headers=headers)
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
@@ -151,6 +158,34 @@ def test_clear_errors(server):
     assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
 
 
+def test_tiny_temperatures_decode_greedily(server, reference):
+    """Temperatures down to the smallest float: logits / T used to overflow to inf and NaN (a 500)."""
+    ref = reference("Hostile to be or not", max_tokens=10, temperature=0.0).text
+    for t in (5e-324, 1e-300, 1.0195e-38):
+        body = {"model": NAME, "prompt": "Hostile to be or not", "max_tokens": 10, "temperature": t, "seed": 1}
+        r = httpx.post(server.base + "/v1/completions", json=body, headers=server.headers, timeout=30)
+        assert r.status_code == 200 and r.json()["choices"][0]["text"] == ref, (t, r.text[:300])
+
+
+def test_integral_numbers_are_integers_and_405_names_the_methods(server):
+    def post(body):
+        r = httpx.post(server.base + "/v1/completions", json={"model": NAME} | body, headers=server.headers,
+                       timeout=30)
+        return r.status_code, r.json()
+
+    as_ints = post({"prompt": [12, 40], "max_tokens": 4, "seed": 2, "top_k": 5})
+    assert as_ints[0] == 200
+    as_floats = post({"prompt": [12.0, 40.0], "max_tokens": 4.0, "seed": 2.0, "top_k": 5.0})  # what JSON says
+    assert as_floats[0] == 200 and as_floats[1]["choices"] == as_ints[1]["choices"]
+    for bad in ({"seed": 2.5}, {"max_tokens": 4.5}, {"prompt": [12.5]}, {"seed": "2"}, {"top_k": True}):
+        code, body = post({"prompt": "x", "max_tokens": 2} | bad)
+        assert code == 400 and body["error"]["param"] == next(iter(bad)), (bad, body)
+    for method, path, allow in (("TRACE", "/health", "GET"), ("POST", "/health", "GET"),
+                                ("GET", "/v1/completions", "POST"), ("DELETE", "/v1/models", "GET")):
+        r = httpx.request(method, server.base + path, headers=server.headers)
+        assert r.status_code == 405 and r.headers["allow"] == allow and r.json()["error"]["message"]
+
+
 def test_a_client_that_leaves_mid_stream_frees_its_row(server):
     before = httpx.get(server.base + "/health").json()["cancelled"]
     body = {"model": NAME, "prompt": "long", "max_tokens": 500, "stream": True, "ignore_eos": True}
@@ -172,14 +207,14 @@ WRONG = {  # field -> values that must be refused
     "model": st.sampled_from([None, 1, [], "no-such-model", ""]),
     "prompt": st.one_of(st.just(None), st.just(1.5), st.just([[1], [-5]]), st.just([-1]), st.just([10**6]),
                         st.just(["a", 1]), st.just("word " * 700), st.just({"text": "x"})),
-    "max_tokens": st.one_of(st.integers(max_value=0), st.integers(min_value=CONTEXT), st.floats(), st.just("16"),
-                            st.just(True)),
+    "max_tokens": st.one_of(st.integers(max_value=0), st.integers(min_value=CONTEXT), st.just("16"), st.just(True),
+                            st.floats().filter(lambda x: not (x.is_integer() and 1 <= x < CONTEXT))),  # 8.0 is 8
     "temperature": st.one_of(st.floats(min_value=2.0001), st.floats(max_value=-0.0001), st.just("hot")),
     "top_p": st.one_of(st.floats(max_value=0), st.floats(min_value=1.0001), st.just([0.5])),
     "top_k": st.one_of(st.integers(max_value=-2), st.just(2.5)),
     "n": st.integers(min_value=2, max_value=10**30) | st.integers(max_value=0),
     "stop": st.one_of(st.just(["a", "b", "c", "d", "e"]), st.just([""]), st.just(["x" * 200]), st.just(7)),
-    "seed": st.one_of(st.integers(min_value=2**64), st.just(1.0), st.just("7")),
+    "seed": st.one_of(st.just(1.5), st.just("7"), st.just(True), st.just([1])),
     "stream": st.sampled_from(["yes", 1, None, {}]),
     "logprobs": st.sampled_from([3, True]),
     "echo": st.sampled_from(["no", 0]),

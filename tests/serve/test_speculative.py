@@ -110,3 +110,18 @@ def test_sampled_verification_has_the_target_distribution():
         if second.sum():
             assert (second / second.sum() - target1).abs().max() < 0.02
         assert first[draft] / n == pytest.approx(float(target0[draft]), abs=0.01)
+
+
+def test_a_row_with_non_finite_logits_fails_alone_when_speculating(lm):
+    _, spec = _engines(lm.model, lm.tokenizer, lm.backend)
+    _, ref_engine = _engines(lm.model, lm.tokenizer, lm.backend)
+    prompts = _prompts(lm, [3, 6, 2])
+    params = SamplingParams(max_tokens=12, temperature=0.8, seed=4, ignore_eos=True)
+    ref = _run(ref_engine, prompts, params)
+    victim = spec.submit("Hostile to be or not", SamplingParams(max_tokens=12, temperature=0.7, seed=1))
+    handles = [spec.submit(p, params) for p in prompts]
+    spec.run(max_steps=2)
+    spec.cache.kv[:, 0] = float("nan")  # the victim was admitted first: cache row 0 (main and MTP layers)
+    spec.run()
+    assert [h.result().token_ids for h in handles] == ref
+    assert list(victim.events())[-1].finish_reason == "error" and spec.stats.errors == 1

@@ -4,8 +4,8 @@ and certify numerical parity between targets.
 Files: loader (checkpoint or HF dir + tokenizer onto a target, weight hashes), sampling (per-request params and
 generators), stops (incremental detokenisation, stop strings), request (events, results, handles), engine (the
 continuous-batching scheduler and its model thread), chat (the chat template), api_schema (request/response
-bodies), server (FastAPI app + uvicorn), parity (the measurements), certificate (pass rule, certificate files,
---require-certificate).
+bodies), limits (body and prompt sizes, refused before any work), openapi (the served schema), server (FastAPI app +
+uvicorn), parity (the measurements), certificate (pass rule, certificate files, --require-certificate).
 """
 
 from turnout.serve.certificate import CertificateError, make_certificate, require_certificate

@@ -15,6 +15,7 @@ finished rows. Requests therefore join and leave the running batch between decod
 pads anybody's sequence. With `speculative=True` (a model with an MTP module) each decode step verifies one
 MTP-drafted token per row and emits one or two tokens (speculative.py); the output is the same. Sampling uses each
 request's own generator (sampling.py), so its tokens do not depend on its batch neighbours beyond float rounding.
+A row that cannot be sampled (non-finite logits) fails its own request; the rest of the batch decodes on.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from turnout.errors import one_line
 from turnout.model import LatentCache, Transformer
 from turnout.serve import speculative
 from turnout.serve.request import Completion, Event, RequestError, RequestHandle
-from turnout.serve.sampling import SamplingParams, make_generator, sample_rows
+from turnout.serve.sampling import SamplingError, SamplingParams, make_generator, sample_rows
 from turnout.serve.stops import TextAssembler
 
 
@@ -309,6 +310,8 @@ class Engine:
                 tokens = torch.tensor([r.prompt], device=self.device)
                 logits = self.model(tokens, cache=self.cache, start_pos=0, slots=[r.slot])[:, -1].float()  # [1, V]
                 (tok,) = sample_rows(logits, [r.params], [r.generator])
+                if isinstance(tok, SamplingError):
+                    raise tok
         except Exception as e:  # noqa: BLE001 - a failing target fails this request, not the engine
             self._fail([r], e)
             return
@@ -330,9 +333,12 @@ class Engine:
             self._fail(rows, e)
             return
         self.stats.decode_steps += 1
-        self.stats.decode_tokens += len(rows)
         for r, tok in zip(rows, chosen):
+            if isinstance(tok, SamplingError):  # this row alone: the rest of the batch carries on
+                self._fail([r], tok)
+                continue
             r.pos += 1
+            self.stats.decode_tokens += 1
             self._accept(r, tok)
 
     def _decode_speculative(self, rows: list[_Request]) -> None:
@@ -346,6 +352,9 @@ class Engine:
         self.stats.decode_steps += 1
         self.stats.drafted += len(rows)
         for r, toks, d in zip(rows, emitted, drafts):
+            if isinstance(toks, SamplingError):
+                self._fail([r], toks)
+                continue
             self.stats.accepted += len(toks) == 2
             r.draft = d
             for tok in toks:

@@ -6,11 +6,14 @@
     POST /v1/chat/completions    messages rendered with turnout.serve.chat's template
     GET  /openapi.json, /docs    FastAPI's schema and its browser
 
-Request handlers run on the event loop; they tokenize and validate, hand the request to the engine's model thread
-and await its events through an asyncio.Queue fed with `loop.call_soon_threadsafe`. `stream: true` answers with
-server-sent events: `data: {chunk}\\n\\n` per delta and `data: [DONE]\\n\\n` at the end. Every error body is
-`{"error": {"message", "type", "param", "code"}}`; invalid requests get 4xx (bad JSON and wrong fields 400, a missing
-or wrong key 401, an unknown model or route 404), a failing target 500, a stopped engine 503.
+Request handlers run on the event loop; they check sizes (limits.py), tokenize and validate in a worker thread (a
+long prompt takes seconds to tokenize, and /health must keep answering meanwhile), hand the request to the
+engine's model thread and await its events through an asyncio.Queue fed with `loop.call_soon_threadsafe`.
+`stream: true` answers with server-sent events: `data: {chunk}\\n\\n` per delta and `data: [DONE]\\n\\n` at the end.
+Every error body is `{"error": {"message", "type", "param", "code"}}`; invalid requests get 4xx (bad JSON and wrong
+fields 400, a missing or wrong key 401, an unknown model or route 404, a wrong method 405 with Allow, a body over
+the limit 413), a failing target 500 (for the requests it failed: the rest of the batch carries on), a stopped
+engine 503.
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from turnout.serve.api_schema import (ChatRequest, ChatResponse, CompletionRequest, CompletionResponse,
-                                      ErrorResponse, Health, ModelCard, ModelList, SamplingRequest)
+from turnout.serve import limits, openapi
+from turnout.serve.api_schema import (ChatCompletionChunk, ChatRequest, ChatResponse, CompletionRequest,
+                                      CompletionResponse, ErrorResponse, Health, ModelCard, ModelList,
+                                      SamplingRequest)
 from turnout.serve.chat import CHAT_STOP, render_chat
 from turnout.serve.engine import Engine
 from turnout.serve.request import Event, RequestError
@@ -56,9 +60,10 @@ class AsciiJSON(JSONResponse):
 
 
 def error_response(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                   code: str | None = None) -> AsciiJSON:
+                   code: str | None = None, headers: dict[str, str] | None = None) -> AsciiJSON:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return AsciiJSON(body, status_code=status, headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
+    return AsciiJSON(body, status_code=status, headers=({"WWW-Authenticate": "Bearer"} if status == 401 else {})
+                     | (headers or {}))
 
 
 class _JsonBodies:
@@ -96,17 +101,21 @@ class _ApiKey:
 
 
 def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, target: str = "",
-               dtype: str = "") -> FastAPI:
-    """The FastAPI app serving `engine` as model `model_name`; the engine's model thread must be started."""
+               dtype: str = "", max_body_bytes: int | None = None) -> FastAPI:
+    """The FastAPI app serving `engine` as model `model_name`; the engine's model thread must be started.
+    Bodies over `max_body_bytes` get 413 (default: limits.default_body_bytes, room for any servable request)."""
     created = int(time.time())
-    errors = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
-    sse_doc = {"content": {"text/event-stream": {"schema": {
-        "type": "string", "description": "with stream: true, `data: {chunk}` events, then `data: [DONE]`"}}}}
+    errors = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
+              413: {"model": ErrorResponse}}
+    char_limit = limits.prompt_char_limit(engine.tokenizer, engine.context)
+    body_limit = max_body_bytes or limits.default_body_bytes(char_limit, engine.context)
     app = FastAPI(title="turnout", description=__doc__.split("\n\n")[0], version="1",
                   default_response_class=AsciiJSON)
     app.add_middleware(_JsonBodies)
+    app.add_middleware(limits.BodyLimit, limit=body_limit,
+                       refuse=lambda msg: error_response(413, msg, code="request_too_large"))
     if api_key:
-        app.add_middleware(_ApiKey, key=api_key)  # added last: runs first
+        app.add_middleware(_ApiKey, key=api_key)  # added last: runs first (a keyless client learns no limit)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, e: ApiError):
@@ -128,7 +137,7 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, t
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, e: StarletteHTTPException):
         return error_response(e.status_code, str(e.detail), "invalid_request_error" if e.status_code < 500
-                              else "server_error")
+                              else "server_error", headers=e.headers)  # e.g. a 405's Allow
 
     @app.exception_handler(Exception)
     async def _crash(_: Request, e: Exception):
@@ -159,17 +168,24 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, t
                               top_k=max(req.top_k, 0), top_p=req.top_p, seed=req.seed,
                               stop=tuple(req.stop_list()) + extra_stop, ignore_eos=req.ignore_eos)
 
-    def prepare(prompts: list[str | list[int]], params: SamplingParams, fit: bool) -> list[tuple[list[int],
-                                                                                                 SamplingParams]]:
-        """Tokenize and check every prompt before any is submitted: one bad prompt refuses the whole request."""
-        out = []
-        for p in prompts:
-            try:
+    async def prepare(prompts: list[str | list[int]], params: SamplingParams,
+                      fit: bool) -> list[tuple[list[int], SamplingParams]]:
+        """Check every prompt before any is submitted (one bad prompt refuses the whole request): text too long
+        to fit at once, then tokenize and check in a worker thread, off the event loop."""
+        def tokenize_and_check() -> list[tuple[list[int], SamplingParams]]:
+            out = []
+            for p in prompts:
                 ids = engine.encode_prompt(p)
                 out.append((ids, engine.check(ids, params, fit_max_tokens=fit)))
-            except RequestError as e:
-                raise ApiError(400, str(e), param=e.param, code=e.code) from None
-        return out
+            return out
+
+        try:
+            for p in prompts:
+                if isinstance(p, str):
+                    limits.check_prompt_text(p, char_limit, engine.context)
+            return await asyncio.to_thread(tokenize_and_check)
+        except RequestError as e:
+            raise ApiError(400, str(e), param=e.param, code=e.code) from None
 
     def submit_all(jobs, q: asyncio.Queue) -> list[int]:
         loop = asyncio.get_running_loop()
@@ -244,12 +260,13 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, t
             yield sse({"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}})
         yield b"data: [DONE]\n\n"
 
-    @app.post("/v1/completions", response_model=CompletionResponse, responses={200: sse_doc, **errors})
+    @app.post("/v1/completions", response_model=CompletionResponse,
+              responses={200: openapi.event_stream(CompletionResponse, "delta"), **errors})
     async def completions(req: CompletionRequest):
         check_model(req)
         params = params_for(req, req.max_tokens or COMPLETION_DEFAULT_MAX_TOKENS)
         prompts = req.prompts()
-        jobs = prepare(prompts, params, fit=req.max_tokens is None)
+        jobs = await prepare(prompts, params, fit=req.max_tokens is None)
         echo = [(p if isinstance(p, str) else engine.tokenizer.decode(p)) if req.echo else "" for p in prompts]
         rid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
@@ -281,13 +298,14 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, t
                 yield chunk([], usage(finals))
         return StreamingResponse(sse_stream(chunks()), media_type="text/event-stream")
 
-    @app.post("/v1/chat/completions", response_model=ChatResponse, responses={200: sse_doc, **errors})
+    @app.post("/v1/chat/completions", response_model=ChatResponse,
+              responses={200: openapi.event_stream(ChatCompletionChunk, "delta"), **errors})
     async def chat(req: ChatRequest):
         check_model(req)
         prompt = render_chat([(m.role, m.text()) for m in req.messages])
         asked = req.max_completion_tokens or req.max_tokens
         params = params_for(req, asked or engine.default_max_tokens, (CHAT_STOP,))
-        jobs = prepare([prompt], params, fit=asked is None)
+        jobs = await prepare([prompt], params, fit=asked is None)
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(choices: list[dict], use: dict | None = None) -> dict:
@@ -319,30 +337,17 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, t
                         yield chunk([], usage([ev]))
         return StreamingResponse(sse_stream(chunks()), media_type="text/event-stream")
 
-    def openapi() -> dict:
-        """FastAPI's schema, with its 422 entries replaced: validation errors are answered with 400 here."""
-        if app.openapi_schema is None:
-            spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            for path in spec.get("paths", {}).values():
-                for op in path.values():
-                    if op.get("responses", {}).pop("422", None) is not None:
-                        op["responses"].setdefault("400", {"description": "Invalid request", "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}})
-            for name in ("HTTPValidationError", "ValidationError"):
-                spec.get("components", {}).get("schemas", {}).pop(name, None)
-            app.openapi_schema = spec
-        return app.openapi_schema
-
-    app.openapi = openapi
+    openapi.install(app, model_name, engine.vocab_size, (CompletionRequest, ChatRequest), (ChatCompletionChunk,))
     return app
 
 
 def serve(engine: Engine, model_name: str, *, host: str = "127.0.0.1", port: int = 8000,
-          api_key: str | None = None, target: str = "", dtype: str = "", log_level: str = "warning") -> None:
+          api_key: str | None = None, target: str = "", dtype: str = "", log_level: str = "warning",
+          max_body_bytes: int | None = None) -> None:
     """Start the engine's model thread and run uvicorn until interrupted (SIGINT/SIGTERM); then stop the engine."""
     import uvicorn
 
-    app = create_app(engine, model_name, api_key=api_key, target=target, dtype=dtype)
+    app = create_app(engine, model_name, api_key=api_key, target=target, dtype=dtype, max_body_bytes=max_body_bytes)
     engine.start()
     try:
         uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,

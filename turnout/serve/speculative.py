@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from turnout.model import LatentCache, Transformer
-from turnout.serve.sampling import SamplingParams, sample_rows, verify_drafts
+from turnout.serve.sampling import SamplingError, SamplingParams, sample_rows, verify_drafts
 
 
 @torch.inference_mode()
@@ -27,6 +27,8 @@ def prefill(model: Transformer, cache: LatentCache, prompt: list[int], slot: int
     tokens = torch.tensor([prompt], device=device)
     logits, hidden = model(tokens, cache=cache, start_pos=0, slots=[slot], return_hidden=True)
     (tok,) = sample_rows(logits[:, -1].float(), [params], [generator])
+    if isinstance(tok, SamplingError):
+        raise tok
     following = torch.tensor([prompt[1:] + [tok]], device=device)  # the token after each prompt position
     last = torch.tensor([len(prompt) - 1], device=device)
     draft = model.draft(hidden, following, cache=cache, start_pos=0, slots=[slot], last=last)[0].argmax()
@@ -36,8 +38,9 @@ def prefill(model: Transformer, cache: LatentCache, prompt: list[int], slot: int
 @torch.inference_mode()
 def step(model: Transformer, cache: LatentCache, last: list[int], drafts: list[int], starts: list[int],
          slots: list[int], params: list[SamplingParams],
-         generators: list[torch.Generator | None]) -> tuple[list[list[int]], list[int]]:
-    """One verify step for B rows at their own positions -> (tokens each row emits (1 or 2), each row's next draft).
+         generators: list[torch.Generator | None]) -> tuple[list[list[int] | SamplingError], list[int]]:
+    """One verify step for B rows at their own positions -> (tokens each row emits (1 or 2, or the SamplingError of
+    a row that could not be sampled), each row's next draft).
 
     Row b feeds [last[b], drafts[b]] at positions starts[b], starts[b] + 1 of cache row slots[b].
     """
@@ -46,8 +49,9 @@ def step(model: Transformer, cache: LatentCache, last: list[int], drafts: list[i
     logits, hidden = model(tokens, cache=cache, start_pos=starts, slots=slots, return_hidden=True)
     emitted = verify_drafts(logits.float(), drafts, params, generators)
     # MTP input: position starts[b] is followed by the first emitted token, starts[b] + 1 by the second (a
-    # rejected row's second entry is junk, overwritten next step)
-    following = torch.tensor([[e[0], e[-1]] for e in emitted], device=device)  # [B, 2]
-    newest = torch.tensor([len(e) - 1 for e in emitted], device=device)  # the position after the newest token
+    # rejected row's second entry is junk, overwritten next step; a failed row, which retires now, drafts from 0)
+    toks = [[0] if isinstance(e, SamplingError) else e for e in emitted]
+    following = torch.tensor([[e[0], e[-1]] for e in toks], device=device)  # [B, 2]
+    newest = torch.tensor([len(e) - 1 for e in toks], device=device)  # the position after the newest token
     new_drafts = model.draft(hidden, following, cache=cache, start_pos=starts, slots=slots, last=newest).argmax(-1)
     return emitted, new_drafts.tolist()
