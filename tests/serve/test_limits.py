@@ -8,6 +8,7 @@ import asyncio
 import json
 import shutil
 import socket
+import subprocess
 import threading
 import time
 
@@ -20,7 +21,7 @@ from turnout.model import ModelArgs, Transformer, save_pretrained
 from turnout.serve import limits
 from turnout.serve.server import error_response
 
-from .conftest import ServerProcess
+from .conftest import ServerProcess, cli_command
 
 CONTEXT = 2**18
 NAME = "debug-long"
@@ -145,3 +146,16 @@ def test_health_answers_while_a_long_prompt_is_tokenized(server, tok):
     assert done["at"] > pinged, "tokenizing ended before the pings did: this test needs a longer prompt"
     print(f"/health during a {len(prompt)}-character tokenization: at most {max(waits) * 1000:.0f} ms; "
           f"the prompt's 400 came {done['at'] - pinged:.2f} s after the last ping")
+
+
+def test_the_body_limit_is_set_from_the_command_line(random_hf):
+    s = ServerProcess("--model", str(random_hf), "--target", "cpu", "--max-body-bytes", "2048")
+    try:
+        body = {"model": "x", "prompt": "to be " * 600, "max_tokens": 1}  # ~3.6 KB: past 2048, far below the default
+        r = httpx.post(s.base + "/v1/completions", json=body, timeout=30)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    finally:
+        s.close()
+    r = subprocess.run(cli_command("serve", "--model", str(random_hf), "--max-body-bytes", "10"), capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "--max-body-bytes" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-context", type=int, default=None,
                    help="context length in tokens (default: the model's, capped at 8192)")
     p.add_argument("--model-name", default=None, help="the model id clients send (default: the folder's name)")
+    p.add_argument("--max-body-bytes", type=int, default=None, metavar="N",
+                   help="larger request bodies get 413 before they are read (default: room for 16 of the longest "
+                        "prompts the context can hold, at least 1 MiB)")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"),
                    help="the HTTP server's (uvicorn's) log level (default warning; info also logs each request)")
 
@@ -47,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-batch: expected an integer >= 1, got {args.max_batch}")
     if args.max_context is not None and args.max_context < 2:
         raise ConfigError(f"--max-context: expected an integer >= 2, got {args.max_context}")
+    if args.max_body_bytes is not None and args.max_body_bytes < 1024:
+        raise ConfigError(f"--max-body-bytes: expected an integer >= 1024, got {args.max_body_bytes}")
     target = get_backend(args.target).name  # resolves the default and checks the spec
     trained_on = canonical_spec(args.trained_on) if args.trained_on else None
     if args.require_certificate:  # before loading: refuse fast, on the weights' hash alone
@@ -69,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
           f"{', MTP speculative decoding' if engine.speculative else ''}"
           f"{', API key required' if key else ''}", flush=True)
     serve(engine, name, host=args.host, port=args.port, api_key=key, target=lm.backend.name, dtype=dtype,
-          log_level=args.log_level)
+          log_level=args.log_level, max_body_bytes=args.max_body_bytes)
     return 0
 
 
