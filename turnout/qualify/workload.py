@@ -72,6 +72,11 @@ def qualify_config(config: Config, settings: Settings) -> Config:
     return from_dict(raw)
 
 
+#: train fields that change no number of a training curve (logging and evaluation cadence); the health, ckpt
+#: and other sections do not either (checks read, they never write), so a golden curve survives their changes
+_NOT_IN_CURVES = frozenset({"log_interval", "log_to", "eval_interval", "eval_batches"})
+
+
 @dataclass
 class Workload:
     """Everything the stages share: the qualification config, model args, fixed batches and the data's identity."""
@@ -104,8 +109,10 @@ class Workload:
         for x, y in self.batches:
             h.update(x.numpy().tobytes())
             h.update(y.numpy().tobytes())
-        return {"config": self.config.to_dict(), "dataset": self.dataset_id, "tokens": h.hexdigest()[:16],
-                "steps": self.settings.steps}
+        c = self.config.to_dict()
+        train = {k: v for k, v in c["train"].items() if k not in _NOT_IN_CURVES}
+        return {"config": {"model": c["model"], "data": c["data"], "train": train}, "dataset": self.dataset_id,
+                "tokens": h.hexdigest()[:16], "steps": self.settings.steps}
 
 
 def load_workload(config: Config, settings: Settings, log: Callable[[str], None] | None = None) -> Workload:
