@@ -32,3 +32,13 @@ def test_bad_input_is_one_line(tmp_path, capsys):
                  "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "--flips" in err[0] and "health.checksums" in err[1]
+
+
+def test_a_bf16_target_has_no_false_alarms_under_reordering_noise(tmp_path):
+    """bf16 products: the campaign's reordering noise is float32's, rounded to bf16 (whole-bf16-ulp jitter would
+    be a sloppier device than rounding, and every checked step failed under it); clean and jittered pass alike."""
+    out = tmp_path / "cov"
+    assert main(["sdc-coverage", "--config", "configs/debug.toml", "--target", "cpu:bf16", "--flips", "6", "--steps",
+                 "6", "--seed", "1", "--out", str(out), *SMALL, "--set", "model.overrides={attn_impl='blocked'}"]) == 0
+    r = json.loads((out / "sdc-coverage.json").read_text())
+    assert r["dtype"] == "bfloat16" and r["false_alarms"]["alarms"] == 0 and r["flips"] == 6

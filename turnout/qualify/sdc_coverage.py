@@ -1,16 +1,16 @@
 """How well the checksums protect a run, measured by injection (`turnout sdc-coverage`).
 
 A short training run on the target; at every step the step is computed clean (any checksum failure is a false
-alarm), again with every product output jittered by up to 2 ulp (what a correct device that orders its sums
-differently does: the run's own noise, and a second false-alarm sample), then once per flip assigned to that
-step with one bit of one element of one product output flipped: a random product call of the step (forward
-or backward, fused attention included), element and bit. A tenth of the flips are written by the AdamW step
-instead, into a random element of a parameter or of a moment, and judged by the step's own check (their
-effect: the step's loss with what the step left, against a clean step). Collectives are not injected here
-(one process); the two-rank test of the conservation check covers them. The clean result is applied, so the
-model moves on as a clean run would and later flips meet later weights. A flip counts as detected when the step's checks
-fail; as harmful when it moves the step's loss or gradient norms by more than the jitter did at that step (and
-by more than the jitter's median effect over the run).
+alarm), again with every product output jittered by up to 2 ulp of float32 and rounded to its dtype (what a
+correct device that orders its sums differently does: the run's own noise, and a second false-alarm sample),
+then once per flip assigned to that step with one bit of one element of one product output flipped: a random
+product call of the step (forward or backward, fused attention included), element and bit. A tenth of the flips
+are written by the AdamW step instead, into a random element of a parameter or of a moment, and judged by the
+step's own check (their effect: the step's loss with what the step left, against a clean step). Collectives are
+not injected here (one process); the two-rank test of the conservation check covers them. The clean result is
+applied, so the model moves on as a clean run would and later flips meet later weights. A flip counts as
+detected when the step's checks fail; as harmful when it moves the step's loss or gradient norms by more than
+the jitter did at that step (and by more than the jitter's median effect over the run).
 
 Faults are placed only by the campaign's own seeded draws, never at steps or calls a detector looks at.
 """
@@ -82,8 +82,11 @@ class _Products(TorchDispatchMode):
         if found is None or (i != self.at and self.jitter is None):
             return out
         j, t = found
-        if self.jitter is not None:
-            new = self.jitter(t, func.overloadpacket.__name__)
+        if self.jitter is not None:  # in the accumulator's precision, then the output's own rounding: a device
+            # that orders its sums differently moves a bf16 output only where float32 noise crosses a bf16 rounding
+            # boundary, not by whole bf16 ulps (that would be a sloppier device than rounding allows)
+            work = t if torch.finfo(t.dtype).eps <= torch.finfo(torch.float32).eps else t.float()
+            new = self.jitter(work, func.overloadpacket.__name__).to(t.dtype)
         else:
             index = min(int(self.where * t.numel()), t.numel() - 1)
             new, bit = flip_bit(t, index, self.bit)
