@@ -137,7 +137,7 @@ def test_context_and_parameter_limits(lm):
     h = engine.submit(list(range(10, 30)), SamplingParams(max_tokens=13, temperature=0, ignore_eos=True),
                       fit_max_tokens=True)
     assert h.result().completion_tokens == 12
-    for bad, param in [(dict(max_tokens=0), "max_tokens"), (dict(temperature=-1.0), "temperature"),
+    for bad, param in [(dict(max_tokens=-1), "max_tokens"), (dict(temperature=-1.0), "temperature"),
                        (dict(top_p=0.0), "top_p"), (dict(top_k=-2), "top_k"), (dict(seed=2.5), "seed")]:
         with pytest.raises(RequestError) as e:
             engine.submit("x", SamplingParams(**bad))

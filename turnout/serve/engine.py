@@ -37,6 +37,7 @@ from turnout.data import Tokenizer
 from turnout.errors import one_line
 from turnout.model import LatentCache, Transformer
 from turnout.serve import speculative
+from turnout.serve.logprobs import TokenLogprob, prompt_logprobs, token_logprobs
 from turnout.serve.request import Completion, Event, RequestError, RequestHandle
 from turnout.serve.sampling import SamplingError, SamplingParams, make_generator, sample_rows
 from turnout.serve.stops import TextAssembler
@@ -73,6 +74,7 @@ class _Request:
     draft: int = -1  # speculative decoding: the MTP module's guess for the token after `last`
     out: list[int] = field(default_factory=list)
     done: bool = False
+    prompt_lp: list[TokenLogprob] | None = None  # sent with the request's first event
 
 
 class Engine:
@@ -303,21 +305,30 @@ class Engine:
         return busy
 
     def _prefill(self, r: _Request) -> None:
+        p, tok, lp = r.params, -1, None
         try:
             if self.speculative:
-                tok, r.draft = speculative.prefill(self.model, self.cache, r.prompt, r.slot, r.params, r.generator)
+                tok, r.draft, logits = speculative.prefill(self.model, self.cache, r.prompt, r.slot, p, r.generator)
             else:
                 tokens = torch.tensor([r.prompt], device=self.device)
-                logits = self.model(tokens, cache=self.cache, start_pos=0, slots=[r.slot])[:, -1].float()  # [1, V]
-                (tok,) = sample_rows(logits, [r.params], [r.generator])
-                if isinstance(tok, SamplingError):
-                    raise tok
+                logits = self.model(tokens, cache=self.cache, start_pos=0, slots=[r.slot])  # [1, P, V]
+                if p.max_tokens:  # max_tokens 0 only scores the prompt
+                    (tok,) = sample_rows(logits[:, -1].float(), [p], [r.generator])
+                    if isinstance(tok, SamplingError):
+                        raise tok
+            if p.prompt_logprobs is not None:
+                r.prompt_lp = prompt_logprobs(logits[0], r.prompt, p.prompt_logprobs)
+            if p.logprobs is not None and p.max_tokens:
+                (lp,) = token_logprobs(logits[:, -1], [tok], [p.logprobs])
         except Exception as e:  # noqa: BLE001 - a failing target fails this request, not the engine
             self._fail([r], e)
             return
         r.pos = len(r.prompt)
         self.stats.prefill_tokens += r.pos
-        self._accept(r, tok)
+        if p.max_tokens:
+            self._accept(r, tok, lp)
+        else:
+            self._finish(r, "length", "")
 
     def _decode(self) -> None:
         rows = sorted(self._running, key=lambda r: r.slot)  # slots 0..B-1 in order read the cache without a gather
@@ -329,59 +340,72 @@ class Engine:
         try:
             logits = self.model(tokens, cache=self.cache, start_pos=starts, slots=slots)[:, -1].float()  # [B, V]
             chosen = sample_rows(logits, [r.params for r in rows], [r.generator for r in rows])
+            # rows that asked for logprobs (and were sampled): one log_softmax and host transfer for them all
+            want = [i for i, (r, t) in enumerate(zip(rows, chosen))
+                    if r.params.logprobs is not None and not isinstance(t, SamplingError)]
+            lps = dict(zip(want, token_logprobs(logits[want], [chosen[i] for i in want],
+                                                [rows[i].params.logprobs for i in want]))) if want else {}
         except Exception as e:  # noqa: BLE001
             self._fail(rows, e)
             return
         self.stats.decode_steps += 1
-        for r, tok in zip(rows, chosen):
+        for i, (r, tok) in enumerate(zip(rows, chosen)):
             if isinstance(tok, SamplingError):  # this row alone: the rest of the batch carries on
                 self._fail([r], tok)
                 continue
             r.pos += 1
             self.stats.decode_tokens += 1
-            self._accept(r, tok)
+            self._accept(r, tok, lps.get(i))
 
     def _decode_speculative(self, rows: list[_Request]) -> None:
         try:
-            emitted, drafts = speculative.step(self.model, self.cache, [r.last for r in rows], [r.draft for r in rows],
-                                               [r.pos for r in rows], [r.slot for r in rows],
-                                               [r.params for r in rows], [r.generator for r in rows])
+            emitted, drafts, logits = speculative.step(
+                self.model, self.cache, [r.last for r in rows], [r.draft for r in rows], [r.pos for r in rows],
+                [r.slot for r in rows], [r.params for r in rows], [r.generator for r in rows])  # logits [B, 2, V]
+            # emitted token k of row b was drawn from logits[b, k]
+            want = [(b, k, t) for b, (r, toks) in enumerate(zip(rows, emitted))
+                    if r.params.logprobs is not None and not isinstance(toks, SamplingError)
+                    for k, t in enumerate(toks)]
+            lps = dict(zip([(b, k) for b, k, _ in want], token_logprobs(
+                logits[[b for b, _, _ in want], [k for _, k, _ in want]], [t for _, _, t in want],
+                [rows[b].params.logprobs for b, _, _ in want]))) if want else {}
         except Exception as e:  # noqa: BLE001
             self._fail(rows, e)
             return
         self.stats.decode_steps += 1
         self.stats.drafted += len(rows)
-        for r, toks, d in zip(rows, emitted, drafts):
+        for b, (r, toks, d) in enumerate(zip(rows, emitted, drafts)):
             if isinstance(toks, SamplingError):
                 self._fail([r], toks)
                 continue
             self.stats.accepted += len(toks) == 2
             r.draft = d
-            for tok in toks:
+            for k, tok in enumerate(toks):
                 r.pos += 1
                 self.stats.decode_tokens += 1
-                self._accept(r, tok)
+                self._accept(r, tok, lps.get((b, k)))
                 if r.done:
                     break
 
-    def _accept(self, r: _Request, tok: int) -> None:
-        """Record a sampled token; emit its text; finish the request when it is done."""
+    def _accept(self, r: _Request, tok: int, lp: TokenLogprob | None = None) -> None:
+        """Record a sampled token (and its logprobs, when asked); emit its text; finish the request when done."""
         r.out.append(tok)
         r.last = tok
         p = r.params
+        lps = None if lp is None else [lp]
         if tok == self.eos_id and not p.ignore_eos:
-            self._finish(r, "stop", r.assembler.flush(), [tok])
+            self._finish(r, "stop", r.assembler.flush(), [tok], lps=lps)
             return
         text = r.assembler.add(tok)
         if r.assembler.stopped:
-            self._finish(r, "stop", text, [tok])
+            self._finish(r, "stop", text, [tok], lps=lps)
         elif len(r.out) >= p.max_tokens or r.pos >= self.context:
-            self._finish(r, "length", text + r.assembler.flush(), [tok])
+            self._finish(r, "length", text + r.assembler.flush(), [tok], lps=lps)
         else:
-            self._send(r, Event(text, [tok]))
+            self._send(r, Event(text, [tok], logprobs=lps))
 
     def _finish(self, r: _Request, reason: str, text: str, ids: list[int] | None = None,
-                error: str | None = None) -> None:
+                error: str | None = None, lps: list[TokenLogprob] | None = None) -> None:
         if r.done:
             return
         r.done = True
@@ -391,7 +415,7 @@ class Engine:
             r.slot = -1
         self.stats.finished += 1
         self.stats.cancelled += reason == "cancelled"
-        self._send(r, Event(text, ids or [], reason, len(r.prompt), len(r.out), error))
+        self._send(r, Event(text, ids or [], reason, len(r.prompt), len(r.out), error, lps))
 
     def _fail(self, rows: list[_Request], e: Exception) -> None:
         msg = one_line(e, limit=300)
@@ -401,6 +425,8 @@ class Engine:
             self._finish(r, "error", "", error=msg)
 
     def _send(self, r: _Request, ev: Event) -> None:
+        if r.prompt_lp is not None:  # the first event after the prefill
+            ev.prompt_logprobs, r.prompt_lp = r.prompt_lp, None
         try:
             r.sink(ev)
         except Exception:  # noqa: BLE001 - the reader is gone (closed event loop): stop working for it

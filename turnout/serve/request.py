@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from turnout.serve.logprobs import TokenLogprob
 
 if TYPE_CHECKING:
     from turnout.serve.engine import Engine
@@ -27,7 +29,9 @@ class RequestError(ValueError):
 
 @dataclass
 class Event:
-    """What a request's sink receives, in order: text deltas, then one event with `finish_reason` set."""
+    """What a request's sink receives, in order: text deltas, then one event with `finish_reason` set. With
+    logprobs asked, `logprobs` has one entry per id in `token_ids`, and the request's first event carries the
+    prompt's (`prompt_logprobs`, one per prompt token)."""
 
     text: str
     token_ids: list[int]
@@ -35,17 +39,29 @@ class Event:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None  # with finish_reason "error"
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
 class Completion:
-    """A finished request: all its text and tokens."""
+    """A finished request: all its text and tokens (and their logprobs when asked: empty lists otherwise)."""
 
     text: str
     token_ids: list[int]
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, events: list[Event]) -> Completion:
+        """The completion that a request's events (the last one final) add up to."""
+        last = events[-1]
+        return cls("".join(e.text for e in events), [t for e in events for t in e.token_ids], last.finish_reason,
+                   last.prompt_tokens, last.completion_tokens, [x for e in events for x in e.logprobs or ()],
+                   [x for e in events for x in e.prompt_logprobs or ()])
 
 
 class RequestHandle:
@@ -71,13 +87,10 @@ class RequestHandle:
                 return
 
     def result(self, timeout: float | None = None) -> Completion:
-        text, ids = [], []
-        for ev in self.events(timeout):
-            text.append(ev.text)
-            ids.extend(ev.token_ids)
-        if ev.finish_reason == "error":
-            raise RuntimeError(f"request {self.id} failed: {ev.error}")
-        return Completion("".join(text), ids, ev.finish_reason, ev.prompt_tokens, ev.completion_tokens)
+        events = list(self.events(timeout))
+        if events[-1].finish_reason == "error":
+            raise RuntimeError(f"request {self.id} failed: {events[-1].error}")
+        return Completion.of(events)
 
     def cancel(self) -> None:
         self.engine.cancel(self.id)

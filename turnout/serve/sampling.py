@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from turnout.serve.logprobs import MAX_LOGPROBS
+
 # any integer is a seed: it seeds the generator modulo 2**64, which is how torch.Generator.manual_seed already
 # reads the negative seeds it takes (-1 and 2**64 - 1 are the same seed), so no seed is refused for its size
 SEED_MODULUS = 2**64
@@ -35,13 +37,17 @@ class SamplingParams:
     """How one request decodes. temperature 0 (or below GREEDY_BELOW) means greedy; top_k 0 and top_p 1 mean
     "no cut"."""
 
-    max_tokens: int = 16  # new tokens at most (the prompt plus these must fit the context)
+    max_tokens: int = 16  # new tokens at most (the prompt plus these must fit the context); 0: score the prompt
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
     seed: int | None = None  # None: a fresh random seed per request; any integer (taken modulo 2**64)
     stop: tuple[str, ...] = field(default=())  # stop when the text contains one; it is trimmed from the output
     ignore_eos: bool = False  # keep going past the end-of-text token (benchmarks)
+    # log-probabilities (logprobs.py: the raw model distribution): None: none; N: each generated token's, with
+    # the N likeliest tokens at its position; prompt_logprobs the same for every prompt token
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:
@@ -54,8 +60,8 @@ class SamplingParams:
         def is_int(v) -> bool:
             return isinstance(v, int) and not isinstance(v, bool)
 
-        if not is_int(self.max_tokens) or self.max_tokens < 1:
-            p.append(("max_tokens", f"max_tokens must be an integer >= 1, got {self.max_tokens!r}"))
+        if not is_int(self.max_tokens) or self.max_tokens < 0:
+            p.append(("max_tokens", f"max_tokens must be an integer >= 0, got {self.max_tokens!r}"))
         if not isinstance(self.temperature, (int, float)) or isinstance(self.temperature, bool) \
                 or not math.isfinite(self.temperature) or self.temperature < 0:
             p.append(("temperature", f"temperature must be a finite number >= 0, got {self.temperature!r}"))
@@ -66,6 +72,10 @@ class SamplingParams:
             p.append(("top_p", f"top_p must be in (0, 1], got {self.top_p!r}"))
         if self.seed is not None and not is_int(self.seed):
             p.append(("seed", f"seed must be an integer, got {self.seed!r}"))
+        for name in ("logprobs", "prompt_logprobs"):
+            v = getattr(self, name)
+            if v is not None and (not is_int(v) or not 0 <= v <= MAX_LOGPROBS):
+                p.append((name, f"{name} must be null or an integer in [0, {MAX_LOGPROBS}], got {v!r}"))
         if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
             p.append(("stop", "stop must be a list of non-empty strings"))
         return p

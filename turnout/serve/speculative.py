@@ -21,8 +21,9 @@ from turnout.serve.sampling import SamplingError, SamplingParams, sample_rows, v
 
 @torch.inference_mode()
 def prefill(model: Transformer, cache: LatentCache, prompt: list[int], slot: int, params: SamplingParams,
-            generator: torch.Generator | None) -> tuple[int, int]:
-    """Prefill one row (main and MTP cache layers): -> (first generated token, draft of the token after it)."""
+            generator: torch.Generator | None) -> tuple[int, int, torch.Tensor]:
+    """Prefill one row (main and MTP cache layers): -> (first generated token, draft of the token after it, the
+    prompt's logits [1, P, V])."""
     device = cache.kv.device
     tokens = torch.tensor([prompt], device=device)
     logits, hidden = model(tokens, cache=cache, start_pos=0, slots=[slot], return_hidden=True)
@@ -32,15 +33,17 @@ def prefill(model: Transformer, cache: LatentCache, prompt: list[int], slot: int
     following = torch.tensor([prompt[1:] + [tok]], device=device)  # the token after each prompt position
     last = torch.tensor([len(prompt) - 1], device=device)
     draft = model.draft(hidden, following, cache=cache, start_pos=0, slots=[slot], last=last)[0].argmax()
-    return tok, int(draft)
+    return tok, int(draft), logits
 
 
 @torch.inference_mode()
 def step(model: Transformer, cache: LatentCache, last: list[int], drafts: list[int], starts: list[int],
          slots: list[int], params: list[SamplingParams],
-         generators: list[torch.Generator | None]) -> tuple[list[list[int] | SamplingError], list[int]]:
+         generators: list[torch.Generator | None]
+         ) -> tuple[list[list[int] | SamplingError], list[int], torch.Tensor]:
     """One verify step for B rows at their own positions -> (tokens each row emits (1 or 2, or the SamplingError of
-    a row that could not be sampled), each row's next draft).
+    a row that could not be sampled), each row's next draft, the logits [B, 2, V]: emitted token k of row b was
+    drawn from row b's position k).
 
     Row b feeds [last[b], drafts[b]] at positions starts[b], starts[b] + 1 of cache row slots[b].
     """
@@ -54,4 +57,4 @@ def step(model: Transformer, cache: LatentCache, last: list[int], drafts: list[i
     following = torch.tensor([[e[0], e[-1]] for e in toks], device=device)  # [B, 2]
     newest = torch.tensor([len(e) - 1 for e in toks], device=device)  # the position after the newest token
     new_drafts = model.draft(hidden, following, cache=cache, start_pos=starts, slots=slots, last=newest).argmax(-1)
-    return emitted, new_drafts.tolist()
+    return emitted, new_drafts.tolist(), logits
