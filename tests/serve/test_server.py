@@ -14,6 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from turnout.serve import Engine, SamplingParams, load_for_serving
+from turnout.serve.api_schema import MAX_N
+from turnout.serve.logprobs import MAX_LOGPROBS
 from turnout.serve.chat import CHAT_STOP, render_chat
 
 from .conftest import ServerProcess
@@ -207,16 +209,17 @@ WRONG = {  # field -> values that must be refused
     "model": st.sampled_from([None, 1, [], "no-such-model", ""]),
     "prompt": st.one_of(st.just(None), st.just(1.5), st.just([[1], [-5]]), st.just([-1]), st.just([10**6]),
                         st.just(["a", 1]), st.just("word " * 700), st.just({"text": "x"})),
-    "max_tokens": st.one_of(st.integers(max_value=0), st.integers(min_value=CONTEXT), st.just("16"), st.just(True),
-                            st.floats().filter(lambda x: not (x.is_integer() and 1 <= x < CONTEXT))),  # 8.0 is 8
+    # 0 scores the prompt on /v1/completions (and is refused on chat); 8.0 is 8
+    "max_tokens": st.one_of(st.integers(max_value=-1), st.integers(min_value=CONTEXT), st.just("16"), st.just(True),
+                            st.floats().filter(lambda x: not (x.is_integer() and 0 <= x < CONTEXT))),
     "temperature": st.one_of(st.floats(min_value=2.0001), st.floats(max_value=-0.0001), st.just("hot")),
     "top_p": st.one_of(st.floats(max_value=0), st.floats(min_value=1.0001), st.just([0.5])),
     "top_k": st.one_of(st.integers(max_value=-2), st.just(2.5)),
-    "n": st.integers(min_value=2, max_value=10**30) | st.integers(max_value=0),
+    "n": st.integers(min_value=MAX_N + 1, max_value=10**30) | st.integers(max_value=0),
     "stop": st.one_of(st.just(["a", "b", "c", "d", "e"]), st.just([""]), st.just(["x" * 200]), st.just(7)),
     "seed": st.one_of(st.just(1.5), st.just("7"), st.just(True), st.just([1])),
     "stream": st.sampled_from(["yes", 1, None, {}]),
-    "logprobs": st.sampled_from([3, True]),
+    "logprobs": st.sampled_from([MAX_LOGPROBS + 1, -1, True, "3"]),
     "echo": st.sampled_from(["no", 0]),
     "presence_penalty": st.floats(min_value=0.1, max_value=2),
 }

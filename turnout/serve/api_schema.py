@@ -1,10 +1,17 @@
 """Request and response bodies of the OpenAI-compatible API (pydantic; they are also the OpenAPI schema).
 
 Requests validate strictly (no "16" for 16, no true for 1.0, no NaN; JSON has one number type, so 16.0 is the
-integer 16, as JSON Schema's "integer" says), ignore fields they do not know (as vLLM does, so clients that send
-extra options still work) and refuse the OpenAI options turnout does not implement (n > 1, logprobs, penalties,
-best_of, suffix) with a 400 naming the field rather than silently ignoring them. Extensions beyond OpenAI: top_k
-(0 or -1: off) and ignore_eos, as in vLLM.
+integer 16, as JSON Schema's "integer" says). A field a request does not know is refused with a 400 naming it
+(extra="forbid"), never silently ignored: an option this server does not implement (logit_bias, vLLM's
+prompt_logprobs, tools, ...) must not look as if it took effect. The OpenAI options turnout implements only in
+part are bounded in the schema (penalties 0 only, best_of 1, no suffix). `user` is accepted and has no effect on
+the output (OpenAI: an end-user id for abuse monitoring). Extensions beyond OpenAI: top_k (0 or -1: off) and
+ignore_eos, as in vLLM.
+
+Log-probabilities (turnout.serve.logprobs): /v1/completions `logprobs: N` (0..MAX_LOGPROBS) returns OpenAI's
+legacy object, and with `echo` the prompt's too; chat `logprobs: true` with `top_logprobs: N` returns the chat
+shape. The values are the raw model distribution (log_softmax of the logits in float32, before temperature,
+top-k and top-p), as vLLM reports them.
 """
 
 from __future__ import annotations
@@ -12,13 +19,14 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
-from pydantic_core import PydanticCustomError
 
+from turnout.serve.logprobs import MAX_LOGPROBS
 from turnout.serve.sampling import GREEDY_BELOW
 
 MAX_STOPS = 4
 MAX_STOP_CHARS = 128
 MAX_PROMPTS = 16  # prompts per /v1/completions request
+MAX_N = 4  # choices per prompt: at most MAX_PROMPTS x MAX_N requests to the engine
 
 
 def _integral(v: Any) -> Any:
@@ -35,13 +43,6 @@ def _integral_rows(v: Any) -> Any:
     return [_integral_items(x) for x in v] if isinstance(v, list) else v
 
 
-def _boolean(v: Any) -> Any:
-    """Strict mode does not reach Literal[False], which would take 0 (0 == False in Python)."""
-    if type(v) is not bool:
-        raise PydanticCustomError("bool_type", "Input should be a valid boolean")
-    return v
-
-
 StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 # one string or a list of them; the discriminator picks the branch, so an error names what is wrong with it
 Stops = Annotated[Annotated[StopString, Tag("string")]
@@ -53,14 +54,14 @@ Integral = BeforeValidator(_integral)
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
-    include_usage: bool = False
+    model_config = ConfigDict(extra="forbid", strict=True)
+    include_usage: bool = Field(False, description="a last event with no choices carries the usage")
 
 
 class SamplingRequest(BaseModel):
     """Fields both endpoints share."""
 
-    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     model: str = Field(description="the served model's id (see /v1/models)")
     max_tokens: Annotated[int, Field(ge=1), Integral] | None = Field(
@@ -70,7 +71,8 @@ class SamplingRequest(BaseModel):
                          "the limit of sampling as the temperature goes to 0")
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
     top_k: Annotated[int, Field(ge=-1), Integral] = Field(0, description="keep the k likeliest tokens; 0 or -1: off")
-    n: Annotated[int, Field(ge=1, le=1), Integral] = Field(1, description="only 1 is supported")
+    n: Annotated[int, Field(ge=1, le=MAX_N), Integral] = Field(
+        1, description=f"independent samples per prompt, at most {MAX_N}; with a seed, sample i uses seed + i")
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: Stops | None = Field(None, description=f"up to {MAX_STOPS} strings; trimmed from the output")
@@ -78,7 +80,7 @@ class SamplingRequest(BaseModel):
         None, description="any integer (taken modulo 2**64); null: a fresh random seed")
     presence_penalty: Annotated[float, Field(ge=0, le=0)] = Field(0.0, description="only 0 is supported")
     frequency_penalty: Annotated[float, Field(ge=0, le=0)] = Field(0.0, description="only 0 is supported")
-    user: str | None = None
+    user: str | None = Field(None, description="accepted, no effect on the output (an end-user id)")
     ignore_eos: bool = False
 
     def stop_list(self) -> list[str]:
@@ -92,9 +94,15 @@ class CompletionRequest(SamplingRequest):
         | Annotated[list[int], BeforeValidator(_integral_items)] \
         | Annotated[list[list[int]], Field(min_length=1, max_length=MAX_PROMPTS), BeforeValidator(_integral_rows)] \
         = Field(description="text, a list of texts, token ids, or a list of token-id lists")
-    echo: bool = False
-    logprobs: Annotated[int, Field(ge=0, le=0), Integral] | None = Field(None, description="not supported: null")
-    best_of: Annotated[int, Field(ge=1, le=1), Integral] | None = None
+    max_tokens: Annotated[int, Field(ge=0), Integral] | None = Field(
+        None, description="new tokens at most (default 16); prompt + max_tokens must fit the context; 0 with echo "
+                          "scores the prompt only")
+    echo: bool = Field(False, description="the prompt's text leads each choice's text (and its tokens the "
+                                          "logprobs, the first with logprob null)")
+    logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS), Integral] | None = Field(
+        None, description=f"0..{MAX_LOGPROBS}: each token's logprob and the N likeliest at its position (raw "
+                          "model distribution, before temperature/top-k/top-p); null: none")
+    best_of: Annotated[int, Field(ge=1, le=1), Integral] | None = Field(None, description="only 1 is supported")
     suffix: Annotated[str, Field(max_length=0)] | None = None
 
     def prompts(self) -> list[str | list[int]]:
@@ -109,13 +117,13 @@ class CompletionRequest(SamplingRequest):
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True)
     type: Literal["text"]
     text: str
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True)
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
     name: str | None = None
@@ -127,11 +135,19 @@ class ChatMessage(BaseModel):
 class ChatRequest(SamplingRequest):
     """POST /v1/chat/completions (rendered with turnout.serve.chat's template)."""
 
+    # top_logprobs asks for alternatives to the logprobs that logprobs: true asks for (the route refuses it
+    # alone); the schema says so too, so schema-driven clients know
+    model_config = ConfigDict(json_schema_extra={
+        "if": {"properties": {"top_logprobs": {"type": "integer"}}, "required": ["top_logprobs"]},
+        "then": {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]}})
+
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1), Integral] | None = Field(
         None, description="wins over max_tokens")
-    logprobs: Annotated[Literal[False], BeforeValidator(_boolean)] | None = Field(
-        None, description="not supported: false or null")
+    logprobs: bool | None = Field(None, description="true: each generated token's logprob (raw model "
+                                                     "distribution, before temperature/top-k/top-p)")
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS), Integral] | None = Field(
+        None, description=f"0..{MAX_LOGPROBS} likeliest tokens at each position, with logprobs: true")
 
 
 # ---- responses -------------------------------------------------------------------------------------------------
@@ -141,10 +157,20 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy shape: per token its text, logprob (null for a prompt's first token), the likeliest tokens
+    at its position (text -> logprob, the chosen one included) and the character where it starts in `text`."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: str | None
 
 
@@ -164,10 +190,24 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob] | None
+
+
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str | None
 
 
@@ -188,7 +228,7 @@ class ChatDelta(BaseModel):
 class ChatChunkChoice(BaseModel):
     index: int
     delta: ChatDelta
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str | None
 
 

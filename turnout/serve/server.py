@@ -10,6 +10,8 @@ Request handlers run on the event loop; they check sizes (limits.py), tokenize a
 long prompt takes seconds to tokenize, and /health must keep answering meanwhile), hand the request to the
 engine's model thread and await its events through an asyncio.Queue fed with `loop.call_soon_threadsafe`.
 `stream: true` answers with server-sent events: `data: {chunk}\\n\\n` per delta and `data: [DONE]\\n\\n` at the end.
+Logprobs (logprobs.py) ride on the engine's events and are shaped per API here; `n` samples of each prompt are
+separate engine requests (seed + i for sample i), choice k being sample k % n of prompt k // n.
 Every error body is `{"error": {"message", "type", "param", "code"}}`; invalid requests get 4xx (bad JSON and wrong
 fields 400, a missing or wrong key 401, an unknown model or route 404, a wrong method 405 with Allow, a body over
 the limit 413), a failing target 500 (for the requests it failed: the rest of the batch carries on), a stopped
@@ -19,6 +21,7 @@ engine 503.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import time
@@ -37,10 +40,13 @@ from turnout.serve.api_schema import (ChatCompletionChunk, ChatRequest, ChatResp
                                       SamplingRequest)
 from turnout.serve.chat import CHAT_STOP, render_chat
 from turnout.serve.engine import Engine
-from turnout.serve.request import Event, RequestError
+from turnout.serve.logprobs import LegacyLogprobs, TokenText, chat_shape
+from turnout.serve.request import Completion, Event, RequestError
 from turnout.serve.sampling import SamplingParams
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+UNKNOWN_HINTS = {"prompt_logprobs": " (for the prompt's logprobs send echo: true with logprobs: N)",
+                 "max_completion_tokens": " (on /v1/completions: max_tokens)"}
 
 
 class ApiError(Exception):
@@ -108,6 +114,7 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, t
     errors = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
               413: {"model": ErrorResponse}}
     char_limit = limits.prompt_char_limit(engine.tokenizer, engine.context)
+    token_text = TokenText(engine.tokenizer)
     body_limit = max_body_bytes or limits.default_body_bytes(char_limit, engine.context)
     app = FastAPI(title="turnout", description=__doc__.split("\n\n")[0], version="1",
                   default_response_class=AsciiJSON)
@@ -132,7 +139,10 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, t
         if not loc:
             return error_response(400, f"the request body must be a JSON object ({first.get('msg', 'invalid')})")
         more = f" (+{len(errs) - 1} more problem{'s' * (len(errs) > 2)})" if len(errs) > 1 else ""
-        return error_response(400, f"{'.'.join(loc)}: {first.get('msg', 'invalid')}{more}", param=loc[0])
+        msg = first.get("msg", "invalid")
+        if first.get("type") == "extra_forbidden":  # refused, not ignored: it would not take effect
+            msg = "unknown field; this server does not implement it" + UNKNOWN_HINTS.get(loc[-1], "")
+        return error_response(400, f"{'.'.join(loc)}: {msg}{more}", param=loc[0])
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, e: StarletteHTTPException):
@@ -163,10 +173,18 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, t
             raise ApiError(404, f"the model '{req.model}' does not exist; this server serves '{model_name}'",
                            param="model", code="model_not_found")
 
-    def params_for(req: SamplingRequest, max_tokens: int | None, extra_stop: tuple[str, ...] = ()) -> SamplingParams:
-        return SamplingParams(max_tokens=max_tokens or 1, temperature=req.temperature,
+    def params_for(req: SamplingRequest, max_tokens: int, extra_stop: tuple[str, ...] = (), *,
+                   logprobs: int | None = None, prompt_logprobs: int | None = None) -> SamplingParams:
+        return SamplingParams(max_tokens=max_tokens, temperature=req.temperature,
                               top_k=max(req.top_k, 0), top_p=req.top_p, seed=req.seed,
-                              stop=tuple(req.stop_list()) + extra_stop, ignore_eos=req.ignore_eos)
+                              stop=tuple(req.stop_list()) + extra_stop, ignore_eos=req.ignore_eos,
+                              logprobs=logprobs, prompt_logprobs=prompt_logprobs)
+
+    def samples(jobs: list[tuple[list[int], SamplingParams]], n: int) -> list[tuple[list[int], SamplingParams]]:
+        """n independent samples of each job, prompt-major (choice k is sample k % n of prompt k // n); with a
+        seed, sample i uses seed + i (vLLM's rule), so sample 0 is what n = 1 gives."""
+        return [(ids, p if p.seed is None else dataclasses.replace(p, seed=p.seed + i))
+                for ids, p in jobs for i in range(n)]
 
     async def prepare(prompts: list[str | list[int]], params: SamplingParams,
                       fit: bool) -> list[tuple[list[int], SamplingParams]]:
@@ -205,16 +223,16 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, t
             raise ApiError(503, "the engine is not running", "server_error")
         return ids
 
-    async def collect(jobs) -> list[tuple[str, Event]]:
-        """Run the jobs; (text, final event) per job, in order."""
+    async def collect(jobs) -> list[Completion]:
+        """Run the jobs; their completions, in order."""
         q: asyncio.Queue = asyncio.Queue()
         ids = submit_all(jobs, q)
-        texts: list[list[str]] = [[] for _ in jobs]
+        got: list[list[Event]] = [[] for _ in jobs]
         final: list[Event | None] = [None] * len(jobs)
         try:
             while any(f is None for f in final):
                 i, ev = await q.get()
-                texts[i].append(ev.text)
+                got[i].append(ev)
                 if ev.finish_reason is not None:
                     final[i] = ev
         finally:
@@ -224,7 +242,7 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, t
         bad = next((f for f in final if f.finish_reason == "error"), None)
         if bad is not None:
             raise ApiError(500, f"generation failed on the target: {bad.error}", "server_error")
-        return [("".join(t), f) for t, f in zip(texts, final)]
+        return [Completion.of(evs) for evs in got]
 
     async def events(jobs) -> AsyncIterator[tuple[int, Event]]:
         """Submit now (errors surface before the response starts); yield (index, event) until all finish."""
@@ -244,8 +262,9 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, t
                     engine.cancel(ids[i])
         return gen()
 
-    def usage(finals: list[Event]) -> dict:
-        p = sum(f.prompt_tokens for f in finals)
+    def usage(finals: list[Event | Completion], n: int) -> dict:
+        """finals in choice order (n per prompt): each prompt counts once, every sample's tokens count."""
+        p = sum(f.prompt_tokens for f in finals[::n])
         c = sum(f.completion_tokens for f in finals)
         return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
@@ -264,10 +283,14 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, t
               responses={200: openapi.event_stream(CompletionResponse, "delta"), **errors})
     async def completions(req: CompletionRequest):
         check_model(req)
-        params = params_for(req, req.max_tokens or COMPLETION_DEFAULT_MAX_TOKENS)
+        n, want = req.n, req.logprobs is not None
+        max_tokens = COMPLETION_DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens
+        params = params_for(req, max_tokens, logprobs=req.logprobs,
+                            prompt_logprobs=req.logprobs if req.echo else None)
         prompts = req.prompts()
-        jobs = await prepare(prompts, params, fit=req.max_tokens is None)
+        jobs = samples(await prepare(prompts, params, fit=req.max_tokens is None), n)
         echo = [(p if isinstance(p, str) else engine.tokenizer.decode(p)) if req.echo else "" for p in prompts]
+        legacy = [LegacyLogprobs(token_text, echo[k // n] if req.echo else None) for k in range(len(jobs))]
         rid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(choices: list[dict], use: dict | None = None) -> dict:
@@ -276,36 +299,42 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, t
 
         if not req.stream:
             done = await collect(jobs)
-            return chunk([{"index": i, "text": echo[i] + t, "logprobs": None, "finish_reason": f.finish_reason}
-                          for i, (t, f) in enumerate(done)], usage([f for _, f in done]))
+            return chunk([{"index": k, "text": echo[k // n] + c.text, "finish_reason": c.finish_reason,
+                           "logprobs": legacy[k].shape(c.prompt_logprobs, c.logprobs) if want else None}
+                          for k, c in enumerate(done)], usage(done, n))
 
         stream = await events(jobs)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
         async def chunks():
-            finals = []
-            for i, e in enumerate(echo):
-                if e:
-                    yield chunk([{"index": i, "text": e, "logprobs": None, "finish_reason": None}])
-            async for i, ev in stream:
+            finals: list[Event | None] = [None] * len(jobs)
+            started = [False] * len(jobs)
+            async for k, ev in stream:
                 if ev.finish_reason == "error":
                     raise ApiError(500, f"generation failed on the target: {ev.error}", "server_error")
-                if ev.text or ev.finish_reason:
-                    yield chunk([{"index": i, "text": ev.text, "logprobs": None, "finish_reason": ev.finish_reason}])
+                text = ev.text if started[k] else echo[k // n] + ev.text  # the echo comes with the first event
+                started[k] = True
+                lp = legacy[k].shape(ev.prompt_logprobs or [], ev.logprobs or []) if want else None
+                if text or ev.finish_reason or (lp and lp["tokens"]):
+                    yield chunk([{"index": k, "text": text, "logprobs": lp, "finish_reason": ev.finish_reason}])
                 if ev.finish_reason:
-                    finals.append(ev)
+                    finals[k] = ev
             if include_usage:
-                yield chunk([], usage(finals))
+                yield chunk([], usage(finals, n))
         return StreamingResponse(sse_stream(chunks()), media_type="text/event-stream")
 
     @app.post("/v1/chat/completions", response_model=ChatResponse,
               responses={200: openapi.event_stream(ChatCompletionChunk, "delta"), **errors})
     async def chat(req: ChatRequest):
         check_model(req)
+        want, n = bool(req.logprobs), req.n
+        if req.top_logprobs is not None and not want:
+            raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         prompt = render_chat([(m.role, m.text()) for m in req.messages])
         asked = req.max_completion_tokens or req.max_tokens
-        params = params_for(req, asked or engine.default_max_tokens, (CHAT_STOP,))
-        jobs = await prepare([prompt], params, fit=asked is None)
+        params = params_for(req, asked or engine.default_max_tokens, (CHAT_STOP,),
+                            logprobs=(req.top_logprobs or 0) if want else None)
+        jobs = samples(await prepare([prompt], params, fit=asked is None), n)
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(choices: list[dict], use: dict | None = None) -> dict:
@@ -314,27 +343,32 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, t
             return body | ({"usage": use} if use is not None else {})
 
         if not req.stream:
-            ((text, f),) = await collect(jobs)
+            done = await collect(jobs)
             return {"id": rid, "object": "chat.completion", "created": now, "model": model_name,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                                 "finish_reason": f.finish_reason}], "usage": usage([f])}
+                    "choices": [{"index": k, "message": {"role": "assistant", "content": c.text},
+                                 "logprobs": {"content": chat_shape(c.logprobs, token_text)} if want else None,
+                                 "finish_reason": c.finish_reason} for k, c in enumerate(done)],
+                    "usage": usage(done, n)}
 
         stream = await events(jobs)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
         async def chunks():
-            yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                          "finish_reason": None}])
-            async for _, ev in stream:
+            finals: list[Event | None] = [None] * len(jobs)
+            for k in range(len(jobs)):
+                yield chunk([{"index": k, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                              "finish_reason": None}])
+            async for k, ev in stream:
                 if ev.finish_reason == "error":
                     raise ApiError(500, f"generation failed on the target: {ev.error}", "server_error")
-                if ev.text:
-                    yield chunk([{"index": 0, "delta": {"content": ev.text}, "logprobs": None,
-                                  "finish_reason": None}])
+                if ev.text or (want and ev.logprobs):
+                    lp = {"content": chat_shape(ev.logprobs or [], token_text)} if want else None
+                    yield chunk([{"index": k, "delta": {"content": ev.text}, "logprobs": lp, "finish_reason": None}])
                 if ev.finish_reason:
-                    yield chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": ev.finish_reason}])
-                    if include_usage:
-                        yield chunk([], usage([ev]))
+                    yield chunk([{"index": k, "delta": {}, "logprobs": None, "finish_reason": ev.finish_reason}])
+                    finals[k] = ev
+            if include_usage:
+                yield chunk([], usage(finals, n))
         return StreamingResponse(sse_stream(chunks()), media_type="text/event-stream")
 
     openapi.install(app, model_name, engine.vocab_size, (CompletionRequest, ChatRequest), (ChatCompletionChunk,))
