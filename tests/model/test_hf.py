@@ -257,3 +257,50 @@ def test_mtp_matches_hf_mtp_layer_at_v3_depth(tmp_path):
                                                              input_ids=x[:, 1:]))
         ours = mtp_logits(model, x)[:, :-1]
         assert rel_err(ours, hf_logits) <= 2e-5
+
+
+def _hf_default_style(tmp_path, seed=8):
+    """A tiny DeepseekV3ForCausalLM built from transformers' own config defaults (num_nextn_predict_layers = 1)
+    and saved by transformers: config.json declares one MTP layer, the safetensors hold none."""
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+    cfg = DeepseekV3Config(vocab_size=512, hidden_size=64, intermediate_size=192, moe_intermediate_size=32,
+                           num_hidden_layers=3, first_k_dense_replace=1, num_attention_heads=4,
+                           num_key_value_heads=4, n_routed_experts=8, num_experts_per_tok=2, n_group=4, topk_group=2,
+                           q_lora_rank=48, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
+                           max_position_embeddings=256)
+    torch.manual_seed(0)
+    hf = DeepseekV3ForCausalLM(cfg).eval()
+    assert sum(p.numel() for p in hf.parameters()) < 10_000_000
+    randomize_(hf, seed=seed)
+    hf.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["num_nextn_predict_layers"] == 1
+    assert not any(k.startswith("model.layers.3.") for k in load_file(tmp_path / "model.safetensors"))
+    return hf
+
+
+def test_hf_saved_default_config_loads_without_mtp(tmp_path, caplog):
+    hf = _hf_default_style(tmp_path)
+    with caplog.at_level("WARNING", logger="turnout.model.hf"):
+        model = load_pretrained(tmp_path).eval()
+    assert model.args.mtp_depth == 0 and len(model.mtp) == 0
+    notes = [r.getMessage() for r in caplog.records if r.name == "turnout.model.hf"]
+    assert len(notes) == 1 and "\n" not in notes[0] and "mtp_depth 0" in notes[0], notes
+    tokens = _tokens(model.args)
+    with torch.no_grad():
+        assert rel_err(model(tokens), hf(tokens).logits) <= 1e-5
+
+
+def test_declared_mtp_that_is_partly_stored_or_forced_is_refused(tmp_path):
+    _hf_default_style(tmp_path)
+    # asking for the declared module explicitly does not silently drop it
+    with pytest.raises(CheckpointError, match=r"missing tensor 'model\.layers\.3\."):
+        load_pretrained(tmp_path, mtp_depth=1)
+    # a module with some of its tensors on disk is a damaged checkpoint, not an absent one
+    args = small_args(mtp_depth=1)
+    save_pretrained(Transformer(args), tmp_path / "mtp")
+    sd = load_file(tmp_path / "mtp" / "model.safetensors")
+    del sd["model.layers.3.eh_proj.weight"]
+    save_file(sd, str(tmp_path / "mtp" / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"model\.layers\.3\.eh_proj\.weight"):
+        load_pretrained(tmp_path / "mtp")

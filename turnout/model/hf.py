@@ -8,6 +8,7 @@ Released FP8 checkpoints (`weight` + `weight_scale_inv` per 128x128 block) are d
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -24,6 +25,7 @@ from .hf_keys import from_hf_state_dict, to_hf_state_dict
 from .transformer import Transformer
 
 INDEX = "model.safetensors.index.json"
+log = logging.getLogger(__name__)
 
 
 class SafetensorsReader:
@@ -88,16 +90,26 @@ def load_pretrained(path: str | os.PathLike, device="cpu", dtype: torch.dtype = 
     or lower mtp_depth to leave MTP modules on disk.
 
     Every tensor the model needs must be present with its exact shape and nothing else may be left over
-    (MTP copies of the embedding and head excepted); otherwise CheckpointError names the key.
+    (MTP copies of the embedding and head excepted); otherwise CheckpointError names the key. MTP modules that
+    config.json declares but whose layers have no tensors at all (transformers' `save_pretrained` writes none)
+    are left out, with one warning line on the `turnout.model.hf` logger; an explicit mtp_depth override is kept.
     """
     path = Path(path)
     on_disk = args = load_config(path)
-    if overrides:
-        args = args.replace(**overrides).check()
     raw = json.loads((path / "config.json").read_text())
     block = tuple((raw.get("quantization_config") or {}).get("weight_block_size") or (128, 128))
-    skip = tuple(f"model.layers.{args.n_layers + k}." for k in range(args.mtp_depth, on_disk.mtp_depth))
-    sd = from_hf_state_dict(SafetensorsReader(path, block, exclude=skip), args)
+    reader = SafetensorsReader(path, block)
+    stored = mtp_depth_stored(reader.keys(), on_disk)
+    if stored < on_disk.mtp_depth:
+        on_disk = on_disk.replace(mtp_depth=stored)
+        if "mtp_depth" not in overrides:
+            log.warning("%s: config.json declares %d MTP layer(s) but the files hold %d; loading with mtp_depth %d",
+                        path, args.mtp_depth, stored, stored)
+            args = on_disk
+    if overrides:
+        args = args.replace(**overrides).check()
+    reader.exclude = tuple(f"model.layers.{args.n_layers + k}." for k in range(args.mtp_depth, on_disk.mtp_depth))
+    sd = from_hf_state_dict(reader, args)
     with torch.device("meta"):
         model = Transformer(args)
     model.to_empty(device=device)
@@ -107,6 +119,16 @@ def load_pretrained(path: str | os.PathLike, device="cpu", dtype: torch.dtype = 
     model.load_state_dict(sd, strict=True)
     model.lay_out_weights()  # meta construction skipped it
     return model
+
+
+def mtp_depth_stored(keys, args: ModelArgs) -> int:
+    """How many of the MTP modules `args` declares have any tensor among `keys`, counting from the first: module k
+    lives at HF layer `n_layers + k`; the first module without a single tensor ends the count."""
+    prefixes = {k.split(".", 3)[2] for k in keys if k.startswith("model.layers.")}
+    depth = 0
+    while depth < args.mtp_depth and str(args.n_layers + depth) in prefixes:
+        depth += 1
+    return depth
 
 
 def save_pretrained(model: Transformer, path: str | os.PathLike, max_shard_bytes: int = 5 * 2**30) -> None:
