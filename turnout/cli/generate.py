@@ -49,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, seed=args.seed, stop=tuple(args.stop))
     problems = params.problems()
+    if args.max_tokens == 0:
+        problems.insert(0, ("max_tokens", "must be at least 1 (generate writes new tokens; score a prompt "
+                                          "through the server's echo with max_tokens 0)"))
     if problems:
         raise ConfigError(f"--{problems[0][0].replace('_', '-')}: {problems[0][1]}")
     lm = load_for_serving(args.model, args.target)
