@@ -209,3 +209,20 @@ def test_a_key_with_a_line_break_is_quoted_on_one_line():
     with pytest.raises(ConfigError) as e:
         load_config(None, ["train.a\nb=1"])
     assert str(e.value).startswith("train.'a\\nb': unknown key") and "\n" not in str(e.value)
+
+
+def test_one_data_source_is_a_list_of_one(tmp_path):
+    assert load_config(None, ["data.sources=corpus/"]).data.sources == ["corpus/"]
+    assert load_config(None, ['data.sources="train.parquet"']).data.sources == ["train.parquet"]
+    p = tmp_path / "c.toml"
+    p.write_text('[data]\nsources = "train.parquet"\n')
+    cfg = load_config(p)
+    assert cfg.data.sources == ["train.parquet"] and load_config(None, []).data.sources == []
+    assert 'sources = ["train.parquet"]' in to_toml(cfg)
+    # only a single string becomes a list; other fields and other values are still checked
+    with pytest.raises(ConfigError, match=r"^data.sources: expected a list of strings, got 3"):
+        load_config(None, ["data.sources=3"])
+    with pytest.raises(ConfigError, match=r"^train.log_to: expected a list"):
+        load_config(None, ['train.log_to="tensorboard"'])
+    with pytest.raises(ConfigError, match=r"^data.sources: expected text without control"):
+        load_config(None, ['data.sources="a\\u001bb.txt"'])

@@ -31,12 +31,13 @@ INT_MIN, INT_MAX = -(2 ** 63), 2 ** 63 - 1  # TOML integers are 64-bit signed; t
 
 
 def _f(default: Any, doc: str, *, choices: tuple | None = None, lo: float | None = None,
-       hi: float | None = None, lo_open: bool = False, hi_open: bool = False) -> Any:
+       hi: float | None = None, lo_open: bool = False, hi_open: bool = False, one_is_list: bool = False) -> Any:
     """A config field: default, one line of doc, optional choices or numeric range [lo, hi] (an end is open
     when lo_open / hi_open).
 
-    On a list field, choices constrain each item."""
-    meta = {"doc": doc, "choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open}
+    On a list field, choices constrain each item, and `one_is_list` accepts a single item for a list of one."""
+    meta = {"doc": doc, "choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open,
+            "one_is_list": one_is_list}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -54,8 +55,9 @@ class ModelSection:
 class DataSection:
     """Where training text comes from."""
 
-    sources: list[str] = _f([], "files or folders of .txt/.jsonl; empty means the embedded Shakespeare corpus")
-    jsonl_field: str = _f("text", "field holding the text in .jsonl records")
+    sources: list[str] = _f([], "files or folders of .txt/.jsonl/.parquet (one path alone is a list of one); "
+                            "empty means the embedded Shakespeare corpus", one_is_list=True)
+    jsonl_field: str = _f("text", "field holding the text in .jsonl records, and column holding it in .parquet files")
     val_fraction: float = _f(0.01, "share of tokens held out for the validation loss", lo=0.0, hi=0.5, lo_open=True)
     cache_dir: str = _f("", "where tokenised shards are cached; empty means ~/.cache/turnout/data")
 
@@ -211,6 +213,8 @@ def _check_value(key: str, value: Any, typ: type, meta: dict) -> Any:
     origin = get_origin(typ) or typ
     item = (get_args(typ) or (None,))[0] if origin is list else None
     want = _describe(meta, origin, item)
+    if origin is list and meta.get("one_is_list") and item is not None and isinstance(value, item):
+        value = [value]  # `--set data.sources=corpus/` means the list of that one path
     if origin is bool:
         ok = isinstance(value, bool)
     elif origin is int:

@@ -84,7 +84,7 @@ def test_other_bad_inputs(tmp_path):
     with pytest.raises(DataError, match="no data sources"):
         resolve_files([])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match=r"empty: folder holds no .txt or .jsonl files"):
+    with pytest.raises(DataError, match=r"empty: folder holds no .txt, .jsonl or .parquet files"):
         resolve_files([tmp_path / "empty"])
     with pytest.raises(DataError, match=r"x\.csv: unsupported file type '.csv'"):
         resolve_files([_write(tmp_path / "x.csv", "a,b")])
@@ -119,3 +119,64 @@ def test_content_hash(tmp_path):
         hash_files([_write(tmp_path / "q1.txt", "a"), _write(tmp_path / "q2.txt", "bc")], "text")
     j = _jsonl(tmp_path / "r.jsonl", [{"text": "t", "body": "b"}])
     assert hash_files([j], "text") != hash_files([j], "body")
+
+
+def _parquet(path, columns, row_group_size=None):
+    """A parquet file written by pyarrow itself; `columns` maps a name to its values."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path, row_group_size=row_group_size)
+    return path
+
+
+def test_parquet_rows_are_documents_in_order(tmp_path):
+    texts = [f"row {i} says {'x' * (i % 7)}" for i in range(2500)]
+    texts[3] = ""  # skipped like an empty jsonl text
+    # three row groups, each larger than the reader's batch, so order must hold across groups and batches
+    f = _parquet(tmp_path / "a.parquet", {"text": texts, "body": [t.upper() for t in texts],
+                                         "id": list(range(2500))}, row_group_size=1000)
+    want = [t for t in texts if t]
+    assert _docs([f]) == want
+    assert _docs([f], field="body") == [t.upper() for t in want]
+    docs = list(iter_documents([f]))
+    assert docs[3].name == f"{f}#row4"  # names count every row, the skipped empty one included
+
+
+def test_parquet_in_folders_and_as_a_single_path(tmp_path):
+    root = tmp_path / "corpus"
+    _write(root / "a.txt", "a")
+    _parquet(root / "b" / "train-00000-of-00002.parquet", {"text": ["b0", "b1"]})
+    _parquet(root / "b" / "train-00001-of-00002.parquet", {"text": ["b2"]})
+    _jsonl(root / "c.jsonl", [{"text": "c"}])
+    assert _docs([root]) == ["a", "b0", "b1", "b2", "c"]
+    assert _docs(str(root)) == _docs([root]) == _docs(root)  # one path alone, as a string or a Path
+    assert _docs(str(root / "b" / "train-00001-of-00002.parquet")) == ["b2"]
+
+
+def test_bad_parquet_inputs_are_named(tmp_path):
+    f = _parquet(tmp_path / "a.parquet", {"content": ["x"], "n": [1]})
+    with pytest.raises(DataError, match=r"a\.parquet: no column 'text' \(columns: content, n\)"):
+        _docs([f])
+    with pytest.raises(DataError, match=r"a\.parquet: column 'n' is int64, expected strings"):
+        _docs([f], field="n")
+    g = _parquet(tmp_path / "nulls.parquet", {"text": ["ok", None, "fine"]})
+    with pytest.raises(DataError, match=r"nulls\.parquet: row 1: column 'text' is null"):
+        _docs([g])
+    h = _write(tmp_path / "fake.parquet", "this is not parquet")
+    with pytest.raises(DataError, match=r"fake\.parquet: not a readable parquet file") as e:
+        _docs([h])
+    assert "\n" not in str(e.value)
+
+
+def test_parquet_prepares_a_dataset_from_a_string_path(tmp_path):
+    texts = [f"To be, or not to be, line {i}: that is the question." for i in range(200)]
+    f = _parquet(tmp_path / "corpus.parquet", {"text": texts})
+    ds = prepare_dataset(str(f), 300, tmp_path / "cache", log=None)
+    assert ds.meta["source"]["documents"] == 200
+    stream = ds.train_tokens.tolist() + ds.val_tokens.tolist()
+    assert ds.tokenizer.decode(stream) == "".join(t + "<|eos|>" for t in texts)  # every row, in order
+    # the column read enters the content hash, as the jsonl field does
+    g = _parquet(tmp_path / "two.parquet", {"text": ["t"], "body": ["b"]})
+    assert hash_files([g], "text") != hash_files([g], "body")
