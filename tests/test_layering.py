@@ -1,5 +1,5 @@
 """The package's import layering: config/atomic/errors -> report -> backend -> model -> data -> ckpt -> train ->
-qualify/failover -> serve -> cli.
+qualify/failover/guard -> serve/integrations -> cli.
 
 A module may import only turnout modules at its own layer or earlier ones (modules in the same subpackage are
 free to import each other); qualify and failover are siblings and may not import each other.
@@ -23,6 +23,8 @@ LAYERS = {
     "train": 6,
     "qualify": 7,
     "failover": 7,
+    "guard": 7,  # the training step's protection for loops turnout does not own
+    "integrations": 8,  # the guard inside other trainers (transformers)
     "serve": 8,
     "cli": 9,
 }

@@ -43,11 +43,12 @@ class Outcome:
 class Healer:
     """Runs one step under the health monitor and the trust policy."""
 
-    def __init__(self, runner: StepRunner, h: HealthSection, events: EventLog, sharded: bool = False):
+    def __init__(self, runner: StepRunner, h: HealthSection, events: EventLog, sharded: bool = False,
+                 reexec: Reexecutor | None = None):
         self.runner, self.h, self.events = runner, h, events
         self.monitor = HealthMonitor(h)
         self.policy = TrustPolicy(h)
-        self.reexec = Reexecutor(runner, h.reference)
+        self.reexec = reexec if reexec is not None else Reexecutor(runner, h.reference)
         self.sharded = sharded
         self._told_unchecked = False
 

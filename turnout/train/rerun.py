@@ -45,13 +45,35 @@ class GradSnapshot:
     def __init__(self, runner: StepRunner):
         self.params = [p for _, ps in runner.groups for p in ps]
         self.grads = [None if p.grad is None else p.grad.detach().clone() for p in self.params]
-        self.loads = runner.inner.expert_loads()
+        # a model of turnout's own also counts routed tokens per expert; a user's model (turnout.guard) may not
+        self.loads = runner.inner.expert_loads() if hasattr(runner.inner, "expert_loads") else []
 
     def restore(self, runner: StepRunner) -> None:
         for p, g in zip(self.params, self.grads):
             p.grad = None if g is None else g.clone()
-        for m, load in zip(runner.inner.moe_layers(), self.loads):
+        for m, load in zip(runner.inner.moe_layers() if self.loads else [], self.loads):
             m.loads.copy_(load)
+
+
+def average_over_ranks(runner: StepRunner, result: StepResult) -> StepResult:
+    """A reference run's result made global: each rank computed its own micro-batches on an unwrapped replica, so
+    its gradients are averaged over ranks and the norms taken again (a no-op in one process)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return result
+    grads = [p.grad for _, ps in runner.groups for p in ps if p.grad is not None]
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset: offset + g.numel()].view_as(g))
+        offset += g.numel()
+    runner.world = 1  # losses were already averaged; norms now come from averaged gradients
+    norms = runner._grad_norms()
+    runner.world = dist.get_world_size()
+    result.layer_grad_norms = norms
+    result.grad_norm = math.sqrt(sum(v * v for v in norms.values()))
+    return result
 
 
 class Reexecutor:
@@ -89,21 +111,7 @@ class Reexecutor:
         model.load_state_dict({k: v.to(backend.device()) for k, v in state.items()})
         torch.set_rng_state(rng["cpu"])
         result = runner.compute(batches)  # one rank's view: losses are all-reduced, norms are local
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            grads = [p.grad for _, ps in runner.groups for p in ps if p.grad is not None]
-            flat = torch.cat([g.flatten() for g in grads])
-            dist.all_reduce(flat)
-            flat /= dist.get_world_size()
-            offset = 0
-            for g in grads:
-                g.copy_(flat[offset: offset + g.numel()].view_as(g))
-                offset += g.numel()
-            runner.world = 1  # losses were already averaged; norms now come from averaged gradients
-            norms = runner._grad_norms()
-            runner.world = dist.get_world_size()
-            result.layer_grad_norms = norms
-            result.grad_norm = math.sqrt(sum(v * v for v in norms.values()))
-        return result
+        return average_over_ranks(runner, result)
 
     def reference_grads_into_target(self) -> None:
         """Copy the reference replica's gradients into the target's parameters (to apply the reference's step).
