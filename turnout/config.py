@@ -214,7 +214,7 @@ def _check_value(key: str, value: Any, typ: type, meta: dict) -> Any:
     item = (get_args(typ) or (None,))[0] if origin is list else None
     want = _describe(meta, origin, item)
     if origin is list and meta.get("one_is_list") and item is not None and isinstance(value, item):
-        value = [value]  # `--set data.sources=corpus/` means the list of that one path
+        value = [value] if value else []  # `--set data.sources=corpus/`: the list of that one path; "": none
     if origin is bool:
         ok = isinstance(value, bool)
     elif origin is int:

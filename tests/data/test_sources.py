@@ -180,3 +180,8 @@ def test_parquet_prepares_a_dataset_from_a_string_path(tmp_path):
     # the column read enters the content hash, as the jsonl field does
     g = _parquet(tmp_path / "two.parquet", {"text": ["t"], "body": ["b"]})
     assert hash_files([g], "text") != hash_files([g], "body")
+
+
+def test_an_empty_path_is_refused_not_read_as_the_working_directory():
+    with pytest.raises(DataError, match="empty path"):
+        resolve_files(["", "x.txt"])

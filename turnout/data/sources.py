@@ -42,6 +42,8 @@ def resolve_files(sources: list[str | os.PathLike] | str | os.PathLike) -> list[
         raise DataError("no data sources given")
     files = []
     for src in sources:
+        if not str(src).strip():  # Path("") is the working directory: never walk it by accident
+            raise DataError("an empty path among the data sources")
         path = Path(src)
         if path.is_dir():
             # rglob order depends on the file system; sort by the path relative to the source for a fixed order
