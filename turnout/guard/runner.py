@@ -69,8 +69,8 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 
 def module_groups(model: torch.nn.Module) -> list[tuple[str, list[torch.nn.Parameter]]]:
-    """Trainable parameters grouped by the model's first-level child that holds them (repeated blocks one level
-    deeper: `model.layers.3`), for per-module gradient norms."""
+    """Trainable parameters grouped for per-module gradient norms: a repeated block by its index (`model.layers.3`,
+    `0` of a Sequential), anything else by its first two module names (`model.embed_tokens`, `lm_head`)."""
     groups: dict[str, list[torch.nn.Parameter]] = {}
     seen: set[int] = set()
     for name, p in model.named_parameters():
@@ -78,8 +78,8 @@ def module_groups(model: torch.nn.Module) -> list[tuple[str, list[torch.nn.Param
             continue
         seen.add(id(p))
         parts = name.removeprefix("module.").split(".")
-        depth = next((i + 1 for i, part in enumerate(parts[:-1]) if part.isdigit()), 1)
-        key = ".".join(parts[:depth]) if len(parts) > 1 else parts[0]
+        depth = next((i + 1 for i, part in enumerate(parts[:-1]) if part.isdigit()), min(2, len(parts) - 1))
+        key = ".".join(parts[:max(depth, 1)])
         groups.setdefault(key, []).append(p)
     return list(groups.items())
 
@@ -208,14 +208,13 @@ class ClosureRunner:
 def grad_norms(groups, sharded: bool, world: int, device: torch.device) -> dict[str, float]:
     """Per-group gradient L2 norms, global over ranks; NaN/inf propagate so the monitor sees them."""
     sq = []
-    for _, params in groups:
+    for _, params in groups:  # on the device, read back once: no host synchronisation per group
         grads = [local_shard(p.grad).float() for p in params if p.grad is not None]
-        sq.append(torch.stack([g.pow(2).sum() for g in grads]).sum().cpu() if grads else torch.zeros(()))
+        sq.append(torch.stack([g.pow(2).sum() for g in grads]).sum() if grads else torch.zeros((), device=device))
     if not sq:
         return {}
-    sq = torch.stack(sq).to(torch.float64)
+    sq = torch.stack([t.to(device) for t in sq]).to(torch.float64)
     if sharded and world > 1:
-        sq = sq.to(device)
         dist.all_reduce(sq, op=dist.ReduceOp.SUM)
     return {name: math.sqrt(v) if v >= 0 else float("nan") for (name, _), v in zip(groups, sq.cpu().tolist())}
 

@@ -1,0 +1,80 @@
+"""GuardedTrainer: a transformers Trainer's steps under the guard, on a tiny LlamaForCausalLM."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("accelerate")
+import torch  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments  # noqa: E402
+
+from turnout.guard import TargetUntrusted  # noqa: E402
+from turnout.integrations.transformers import GuardedTrainer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "guarded_trainer.py"
+sys.path.insert(0, str(EXAMPLE.parent))
+from guarded_trainer import ToyCorpus  # noqa: E402
+
+
+def llama() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
+
+
+def arguments(out: Path, steps: int, **kw) -> TrainingArguments:
+    return TrainingArguments(output_dir=str(out), max_steps=steps, per_device_train_batch_size=4, learning_rate=3e-3,
+                             save_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
+                             logging_steps=1000, **kw)
+
+
+def events(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+
+
+def test_the_trainer_on_the_flaky_chip_heals_its_faults_then_leaves_a_checkpoint_when_it_must_go(tmp_path):
+    trainer = GuardedTrainer(model=llama(), args=arguments(tmp_path, 130), train_dataset=ToyCorpus(600, 32, 128),
+                             checkpoint_every=10)
+    with pytest.raises(TargetUntrusted, match="3 device errors"):
+        trainer.train()
+    seen = [(e["kind"], e["step"]) for e in events(tmp_path / "turnout")]
+    assert {("device_error", 25), ("sdc", 43), ("sdc", 97), ("device_error", 100), ("untrusted", 110)} <= set(seen)
+    sdc = [e for e in events(tmp_path / "turnout") if e["kind"] == "sdc"]
+    assert all(e["classification"] == "transient" and "q_proj" in e["detail"] for e in sdc)  # located
+    untrusted = next(e for e in events(tmp_path / "turnout") if e["kind"] == "untrusted")
+    assert untrusted["checkpoint"].endswith("step-00000109")
+    assert (tmp_path / "turnout" / "report.html").is_file()
+
+
+@pytest.fixture(autouse=True)
+def _flaky_target(monkeypatch):
+    monkeypatch.setenv("TURNOUT_TARGET", "sim:flaky")
+
+
+def test_healthy_steps_match_a_plain_trainer_bit_for_bit(tmp_path, monkeypatch):
+    """Off the faulty steps, the guard changes nothing: 20 steps equal those of transformers' own Trainer."""
+    from transformers import Trainer
+
+    monkeypatch.setenv("TURNOUT_TARGET", "cpu")
+    data = ToyCorpus(200, 32, 128)
+    plain = llama()
+    Trainer(model=plain, args=arguments(tmp_path / "a", 20, max_grad_norm=1.0), train_dataset=data).train()
+    guarded = llama()
+    GuardedTrainer(model=guarded, args=arguments(tmp_path / "b", 20, max_grad_norm=1.0), train_dataset=data,
+                   health={"checksums": False}).train()
+    for (name, a), b in zip(plain.state_dict().items(), guarded.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_gradient_accumulation_is_refused_in_one_line(tmp_path):
+    with pytest.raises(ValueError, match="gradient_accumulation_steps=2") as e:
+        GuardedTrainer(model=llama(), args=arguments(tmp_path, 10, gradient_accumulation_steps=2),
+                       train_dataset=ToyCorpus(40, 32, 128))
+    assert "\n" not in str(e.value)

@@ -1,0 +1,1 @@
+"""turnout inside other trainers: `turnout.integrations.transformers.GuardedTrainer`."""
