@@ -78,3 +78,25 @@ def test_gradient_accumulation_is_refused_in_one_line(tmp_path):
         GuardedTrainer(model=llama(), args=arguments(tmp_path, 10, gradient_accumulation_steps=2),
                        train_dataset=ToyCorpus(40, 32, 128))
     assert "\n" not in str(e.value)
+
+
+def test_supervised_on_the_flaky_chip_it_fails_over_to_cpu_and_completes(tmp_path):
+    """The README's command: the Trainer example under `turnout supervise --fallback cpu`."""
+    out = tmp_path / "llama"
+    run = out / "turnout"
+    env = {k: v for k, v in os.environ.items() if k != "TURNOUT_TARGET"}
+    r = subprocess.run([sys.executable, "-m", "turnout", "supervise", "--target", "sim:flaky", "--fallback", "cpu",
+                        "--run", str(run), "--", sys.executable, str(EXAMPLE), "--out", str(out), "--steps", "130"],
+                       capture_output=True, text=True, timeout=600, env=dict(env, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "done: 130 batches" in r.stdout
+    ev = events(run)
+    kinds = [(e["kind"], e["target"]) for e in ev]
+    assert ("untrusted", "sim:flaky") in kinds and ("failover", "sim:flaky") in kinds
+    resume = next(e for e in ev if e["kind"] == "resume")
+    assert resume["target"] == "cpu" and resume["from_target"] == "sim:flaky" and resume["step"] == 109
+    assert ev[-1]["kind"] == "end" and ev[-1]["target"] == "cpu" and ev[-1]["step"] == 130
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in rows] == list(range(1, 131))  # every step once: 1-109 on the chip, 110-130 on cpu
+    page = (run / "report.html").read_text()
+    assert "sim:flaky" in page and "failover" in page and "q_proj" in page

@@ -12,7 +12,8 @@ import sys
 from typing import Callable
 
 import turnout
-from turnout.cli import demo, export, generate, parity, qualify, report, sdc_coverage, serve, targets, train
+from turnout.cli import (demo, export, generate, parity, qualify, report, sdc_coverage, serve, supervise, targets,
+                         train)
 from turnout.config import ConfigError
 from turnout.errors import CheckpointError, DataError, TargetError
 
@@ -27,6 +28,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "generate": (generate.HELP, generate.add_arguments, generate.run),
     "serve": (serve.HELP, serve.add_arguments, serve.run),
     "parity": (parity.HELP, parity.add_arguments, parity.run),
+    "supervise": (supervise.HELP, supervise.add_arguments, supervise.run),
     "demo": (demo.HELP, demo.add_arguments, demo.run),
 }
 

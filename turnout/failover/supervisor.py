@@ -57,6 +57,25 @@ def _last_step(run: RunDir, target: str) -> int:
                default=0)
 
 
+def wait_forwarding_signals(worker: subprocess.Popen) -> tuple[int, list[int]]:
+    """Wait for a worker started in its own session, passing SIGTERM/SIGINT on to its process group meanwhile (in
+    the main thread); returns its exit code and the signals passed on."""
+    got: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        got.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)} \
+        if threading.current_thread() is threading.main_thread() else {}
+    try:
+        return worker.wait(), got
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
 class Supervisor:
     """Runs `turnout train` workers for one run over a list of targets."""
 
@@ -87,20 +106,9 @@ class Supervisor:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **{SUPERVISED_ENV: "1"})
         self.worker = subprocess.Popen(self.command(target, resume), env=env, start_new_session=True)
         (self.run_dir / "worker.pid").write_text(str(self.worker.pid))
-        got: list[int] = []
-
-        def forward(signum: int, frame: object) -> None:
-            got.append(signum)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.worker.pid, signum)
-
-        old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)} \
-            if threading.current_thread() is threading.main_thread() else {}
         try:
-            code = self.worker.wait()
+            code, got = wait_forwarding_signals(self.worker)
         finally:
-            for s, handler in old.items():
-                signal.signal(s, handler)
             (self.run_dir / "worker.pid").unlink(missing_ok=True)
         stops = [e for e in _events_since(self.folder, t0) if e.get("kind") in STOP_KINDS]
         last = _last_step(self.folder, target)
