@@ -46,13 +46,14 @@ class GradSnapshot:
         self.params = [p for _, ps in runner.groups for p in ps]
         self.grads = [None if p.grad is None else p.grad.detach().clone() for p in self.params]
         # a model of turnout's own also counts routed tokens per expert; a user's model (turnout.guard) may not
-        self.loads = runner.inner.expert_loads() if hasattr(runner.inner, "expert_loads") else []
+        self.loads = runner.inner.expert_loads() if hasattr(runner.inner, "expert_loads") else None
 
     def restore(self, runner: StepRunner) -> None:
         for p, g in zip(self.params, self.grads):
             p.grad = None if g is None else g.clone()
-        for m, load in zip(runner.inner.moe_layers() if self.loads else [], self.loads):
-            m.loads.copy_(load)
+        if self.loads is not None:
+            for m, load in zip(runner.inner.moe_layers(), self.loads):
+                m.loads.copy_(load)
 
 
 def average_over_ranks(runner: StepRunner, result: StepResult) -> StepResult:
