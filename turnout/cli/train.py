@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         return _launch_torchrun(args)
     from turnout.ckpt import latest_checkpoint, read_manifest
     from turnout.train import train
-    from turnout.failover.supervisor import SUPERVISED_ENV
+    from turnout.failover.worker import SUPERVISED_ENV
     from turnout.train.dist import shutdown_distributed
     from turnout.train.health import EXIT_UNRECOVERABLE, EXIT_UNTRUSTED, RunUnrecoverable, TargetUntrusted
     from turnout.train.interrupt import Interrupted

@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Callable
 
 from turnout.backend import get_backend
+from turnout.backend.registry import ENV_VAR as TARGET_ENV  # what a Guard(target=None) reads
 from turnout.errors import one_line
+from turnout.failover.worker import STOP_KINDS, SUPERVISED_ENV, WorkerExit, events_since, wait_forwarding_signals
 from turnout.report.rundir import RunDir
 from turnout.train.events import EventLog
 from turnout.train.health import EXIT_HANG, EXIT_UNRECOVERABLE, EXIT_UNTRUSTED
 
-from .supervisor import STOP_KINDS, SUPERVISED_ENV, WorkerExit, _events_since, wait_forwarding_signals
-
-TARGET_ENV = "TURNOUT_TARGET"
 RUN_ENV = "TURNOUT_RUN_DIR"
 _BY_CODE = {EXIT_UNTRUSTED: "untrusted", EXIT_HANG: "hang", EXIT_UNRECOVERABLE: "unrecoverable"}
 
@@ -77,21 +76,24 @@ class ScriptSupervisor:
         if got:
             name = signal.Signals(got[0]).name
             return WorkerExit(code if code > 0 else 128 + got[0], "interrupted", f"{name}: passed on to the script", 0)
-        stops = [e for e in _events_since(self.folder, t0) if e.get("kind") in STOP_KINDS] if self.folder else []
-        step = int(stops[-1].get("step", 0)) if stops and isinstance(stops[-1].get("step"), int) else 0
+        stops = [e for e in events_since(self.folder, t0) if e.get("kind") in STOP_KINDS] if self.folder else []
         if code == 0:
-            return WorkerExit(0, "done", "", step)
-        if code in _BY_CODE:
-            detail = stops[-1].get("detail", "") if stops else f"exit code {code}"
-            return WorkerExit(code, _BY_CODE[code], detail, step)
+            return WorkerExit(0, "done", "", 0)
+        if code in _BY_CODE:  # the code decides; an event of that kind, if the script wrote one, says more
+            stops = [e for e in stops if e["kind"] == _BY_CODE[code]] or [{"kind": _BY_CODE[code]}]
         if stops:
-            return WorkerExit(code, stops[-1]["kind"], stops[-1].get("detail", ""), step)
+            said = stops[-1]
+            step = said["step"] if isinstance(said.get("step"), int) else 0
+            return WorkerExit(code, said["kind"], said.get("detail") or f"exit code {code}", step)
         if code == 2:
-            return WorkerExit(code, "config", "the script refused its input (exit 2)", step)
+            return WorkerExit(code, "config", "the script refused its input (exit 2)", 0)
         how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-        return WorkerExit(code, "died", f"the script {how}", step)
+        return WorkerExit(code, "died", f"the script {how}", 0)
 
     def run(self) -> int:
+        """Run the command over the targets until it is done or cannot go on; the exit code for the CLI: 0, 88 (no
+        target left, or unrecoverable), the script's own code when it refused its input, or when it was stopped by
+        a SIGTERM/SIGINT passed on to it (128 + the signal if it ended cleanly)."""
         if self.folder is not None:
             self.folder.root.mkdir(parents=True, exist_ok=True)
         restarts, i = 0, 0

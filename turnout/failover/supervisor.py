@@ -14,40 +14,25 @@ Every decision is an event in the run's events.jsonl.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
-import threading
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from turnout.backend import get_backend
 from turnout.ckpt import latest_checkpoint
 from turnout.config import Config
+from turnout.failover.worker import STOP_KINDS, SUPERVISED_ENV, WorkerExit, events_since, wait_forwarding_signals
 from turnout.report.rundir import RunDir
 from turnout.train.build import refusals
 from turnout.train.events import EventLog
 from turnout.train.health import EXIT_UNRECOVERABLE
 from turnout.train.launch import command as launch_command
 
-STOP_KINDS = ("untrusted", "hang", "unrecoverable")
-SUPERVISED_ENV = "TURNOUT_SUPERVISED"  # set for workers: what to do next is the supervisor's call, not the user's
-
-
-@dataclass
-class WorkerExit:
-    code: int
-    reason: str  # "done", "untrusted", "hang", "unrecoverable", "config", "died", "refused", "interrupted"
-    detail: str
-    last_step: int
-
-
-def _events_since(run: RunDir, t0: float) -> list[dict]:
-    return [e for e in run.read_events()[0] if isinstance(e.get("time"), (int, float)) and e["time"] >= t0]
+__all__ = ["STOP_KINDS", "SUPERVISED_ENV", "Supervisor", "WorkerExit", "wait_forwarding_signals"]
 
 
 def _last_step(run: RunDir, target: str) -> int:
@@ -55,25 +40,6 @@ def _last_step(run: RunDir, target: str) -> int:
     return max((int(m["step"]) for m in run.read_metrics()[0]
                 if m.get("kind") == "train" and m.get("target") == target and isinstance(m.get("step"), int)),
                default=0)
-
-
-def wait_forwarding_signals(worker: subprocess.Popen) -> tuple[int, list[int]]:
-    """Wait for a worker started in its own session, passing SIGTERM/SIGINT on to its process group meanwhile (in
-    the main thread); returns its exit code and the signals passed on."""
-    got: list[int] = []
-
-    def forward(signum: int, frame: object) -> None:
-        got.append(signum)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(worker.pid, signum)
-
-    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)} \
-        if threading.current_thread() is threading.main_thread() else {}
-    try:
-        return worker.wait(), got
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
 
 
 class Supervisor:
@@ -110,7 +76,7 @@ class Supervisor:
             code, got = wait_forwarding_signals(self.worker)
         finally:
             (self.run_dir / "worker.pid").unlink(missing_ok=True)
-        stops = [e for e in _events_since(self.folder, t0) if e.get("kind") in STOP_KINDS]
+        stops = [e for e in events_since(self.folder, t0) if e.get("kind") in STOP_KINDS]
         last = _last_step(self.folder, target)
         if got:
             name = signal.Signals(got[0]).name
