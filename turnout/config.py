@@ -383,5 +383,26 @@ def describe_fields() -> list[tuple[str, Any, str]]:
     return out
 
 
+def explain(cfg: Config | None = None) -> list[dict]:
+    """Every section and field, for `turnout config`: per section its name, doc and fields; per field its key,
+    value in `cfg` (the defaults when None), default, what it accepts and doc."""
+    cfg = cfg or Config()
+    out = []
+    for name, cls in _section_types().items():
+        hints, section = get_type_hints(cls), getattr(cfg, name)
+        fields = []
+        for f in dataclasses.fields(cls):
+            typ = hints[f.name]
+            origin = get_origin(typ) or typ
+            item = (get_args(typ) or (None,))[0] if origin is list else None
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            fields.append({"key": f"{name}.{f.name}", "value": copy.deepcopy(getattr(section, f.name)),
+                           "default": default, "accepts": _describe(f.metadata, origin, item),
+                           "doc": f.metadata["doc"]})
+        out.append({"section": name, "doc": (cls.__doc__ or "").strip(), "fields": fields})
+    return out
+
+
 __all__ = ["Config", "ConfigError", "load_config", "from_dict", "apply_overrides", "to_toml", "describe_fields",
+           "explain",
            "ModelSection", "DataSection", "TrainSection", "CkptSection", "HealthSection"]

@@ -12,6 +12,7 @@ import sys
 from typing import Callable
 
 import turnout
+from turnout.cli import config as config_cmd
 from turnout.cli import (demo, export, generate, parity, qualify, report, sdc_coverage, serve, supervise, targets,
                          train)
 from turnout.config import ConfigError
@@ -20,6 +21,7 @@ from turnout.errors import CheckpointError, DataError, TargetError
 # name -> (one-line help, add_arguments(parser), run(args) -> exit code)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "targets": (targets.HELP, targets.add_arguments, targets.run),
+    "config": (config_cmd.HELP, config_cmd.add_arguments, config_cmd.run),
     "train": (train.HELP, train.add_arguments, train.run),
     "report": (report.HELP, report.add_arguments, report.run),
     "qualify": (qualify.HELP, qualify.add_arguments, qualify.run),
