@@ -49,6 +49,9 @@ class ModelSection:
 
     preset: str = _f("tiny", "named ModelArgs preset (debug, tiny, small, v3-671b)")
     overrides: dict = _f({}, "ModelArgs fields that replace the preset's values, e.g. {n_layers = 2}")
+    init: str = _f("", "start from this trained model (an HF DeepseekV3 directory, a turnout run or checkpoint "
+                   "folder): its architecture, weights and tokenizer; fresh optimizer and schedule; the preset is "
+                   "not used; empty starts from random weights")
 
 
 @dataclass
@@ -60,6 +63,9 @@ class DataSection:
     jsonl_field: str = _f("text", "field holding the text in .jsonl records, and column holding it in .parquet files")
     val_fraction: float = _f(0.01, "share of tokens held out for the validation loss", lo=0.0, hi=0.5, lo_open=True)
     cache_dir: str = _f("", "where tokenised shards are cached; empty means ~/.cache/turnout/data")
+    tokenizer: str = _f("", "the model's own tokenizer (a tokenizer.json, or the folder holding it with its "
+                        "tokenizer_config.json) to encode the data with; empty: model.init's, or else a byte-level "
+                        "BPE trained on the sources")
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from turnout import atomic
@@ -17,15 +18,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hf", required=True, metavar="OUT_DIR", help="where to write the HF directory")
 
 
-def tokenizer_config(tokenizer) -> dict:
-    """What transformers' AutoTokenizer needs beside tokenizer.json."""
-    tok = tokenizer._tok if hasattr(tokenizer, "_tok") else None
-    name = (lambda i: tok.id_to_token(i)) if tok is not None else (lambda i: None)
-    return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": name(tokenizer.bos_id),
-            "eos_token": name(tokenizer.eos_id), "pad_token": name(tokenizer.pad_id),
-            "model_max_length": 1 << 30, "clean_up_tokenization_spaces": False}
-
-
 def export_hf(source: Path, out: Path) -> Path:
     """Load the newest good checkpoint under `source` and write `out` (model, tokenizer, provenance); returns
     the checkpoint folder it exported (a newer one that fails verification is skipped, and said on stderr)."""
@@ -34,15 +26,19 @@ def export_hf(source: Path, out: Path) -> Path:
     from turnout.model import save_pretrained
 
     model, manifest, folder = load_model(source)
+    tok_path = folder / TOKENIZER
+    tok = Tokenizer.load(folder) if tok_path.is_file() else None
+    if tok is not None:  # config.json says what the tokenizer says (ModelArgs' defaults are DeepSeek's ids)
+        stops = list(tok.specials.stops)
+        model.args = dataclasses.replace(model.args, bos_token_id=tok.bos_id, pad_token_id=tok.pad_id,
+                                         eos_token_id=stops if len(stops) > 1 else tok.eos_id)
     save_pretrained(model, out)
     # Each file lands whole or not at all: an export killed half-way never leaves a torn tokenizer or config.
-    tok_path = folder / TOKENIZER
-    if tok_path.is_file():
+    if tok is not None:
         atomic.write_bytes(out / TOKENIZER, tok_path.read_bytes())
-        tok = Tokenizer.load(tok_path)
-        atomic.write_json(out / "tokenizer_config.json", tokenizer_config(tok))
-        atomic.write_json(out / "generation_config.json",
-                          {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id})
+        atomic.write_json(out / "tokenizer_config.json", tok.config())
+        atomic.write_json(out / "generation_config.json", {"bos_token_id": tok.bos_id, "pad_token_id": tok.pad_id,
+                                                           "eos_token_id": model.args.eos_token_id})
     # provenance: which run, step and target produced these weights (parity certificates refer to it)
     atomic.write_json(out / "turnout_checkpoint.json",
                       {"source": str(folder), "step": manifest.step, "samples": manifest.samples,

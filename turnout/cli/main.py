@@ -13,7 +13,7 @@ from typing import Callable
 
 import turnout
 from turnout.cli import config as config_cmd
-from turnout.cli import (demo, export, generate, parity, qualify, report, sdc_coverage, serve, supervise, targets,
+from turnout.cli import (demo, export, generate, inspect, parity, qualify, report, sdc_coverage, serve, supervise, targets,
                          train)
 from turnout.config import ConfigError
 from turnout.errors import CheckpointError, DataError, TargetError
@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "report": (report.HELP, report.add_arguments, report.run),
     "qualify": (qualify.HELP, qualify.add_arguments, qualify.run),
     "sdc-coverage": (sdc_coverage.HELP, sdc_coverage.add_arguments, sdc_coverage.run),
+    "inspect": (inspect.HELP, inspect.add_arguments, inspect.run),
     "export": (export.HELP, export.add_arguments, export.run),
     "generate": (generate.HELP, generate.add_arguments, generate.run),
     "serve": (serve.HELP, serve.add_arguments, serve.run),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", help="where to train (default: $TURNOUT_TARGET, the resumed checkpoint's target, "
                    "or the first present accelerator)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    p.add_argument("--init", default=None, metavar="PATH", help="start from a trained model: an HF DeepseekV3 "
+                   "directory or a turnout run/checkpoint folder (its architecture, weights and tokenizer; a fresh "
+                   "optimizer and schedule); the same as --set model.init=PATH")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
     p.add_argument("--until", type=int, default=None, metavar="STEP",
                    help="stop (checkpointed) after this step; the schedule still spans train.steps")
@@ -38,7 +42,11 @@ def _config_for(args: argparse.Namespace):
     path = args.config
     if path is None and args.resume and run.config.is_file():
         path = run.config
-    config = load_config(path, args.set)
+    overrides = list(args.set)
+    if args.init is not None:  # absolute, so a worker or a later --resume from elsewhere finds it; JSON is TOML here
+        init = str(Path(args.init).expanduser().resolve()) if args.init else ""
+        overrides.append("model.init=" + json.dumps(init, ensure_ascii=False))
+    config = load_config(path, overrides)
     if config.health.reference:  # it arbitrates suspect steps: a spec that does not build would stop the run then
         from turnout.backend import get_backend
 

@@ -16,6 +16,8 @@ from .errors import DataError
 from .sampler import GlobalSampler, val_batches
 from .shakespeare import load_shakespeare
 from .sources import Document, iter_documents, resolve_files
+from .special_tokens import SpecialTokens
+from .tokenizer import FILES as TOKENIZER_FILES
 from .tokenizer import Tokenizer
 
 __all__ = [
@@ -23,6 +25,8 @@ __all__ = [
     "Dataset",
     "Document",
     "GlobalSampler",
+    "SpecialTokens",
+    "TOKENIZER_FILES",
     "Tokenizer",
     "iter_documents",
     "load_shakespeare",

@@ -1,7 +1,8 @@
 """A prepared dataset: text sources tokenised once into a cache folder, then memmapped by every run that uses it.
 
     cache_dir/<source hash[:16]>-v<vocab_size>-val<val_fraction>/
-        tokenizer.json   byte-level BPE trained on all the sources (tokenizer.py)
+        tokenizer.json   byte-level BPE trained on all the sources (tokenizer.py), or the model's own tokenizer
+                         (with its tokenizer_config.json) when one is given
         train.bin        the token stream (shards.py) less its tail; dtype and length in meta.json
         val.bin          the held-out tail: the last ceil(val_fraction * n_tokens) tokens
         meta.json        what was prepared from what
@@ -79,6 +80,7 @@ def prepare_dataset(
     val_fraction: float = 0.01,
     jsonl_field: str = "text",
     log: Log = print,
+    tokenizer: Tokenizer | None = None,
 ) -> Dataset:
     """Tokenise `sources` once into `cache_dir` and return the dataset; later calls reuse the folder.
 
@@ -89,12 +91,19 @@ def prepare_dataset(
     val_fraction: the tail of the token stream held out for validation, in [0, 1).
     jsonl_field: the field of each .jsonl record that holds its text.
     log: called with one line per stage (None for silence).
-    The cache key is (content hash of the sources, vocab_size, val_fraction); paths do not enter it.
+    tokenizer: a model's own tokenizer to encode with (its vocabulary must fit vocab_size); None trains turnout's.
+    The cache key is (content hash of the sources, vocab_size, val_fraction, the given tokenizer); paths do not
+    enter it.
     """
     log = log or (lambda _msg: None)
     if not 0 <= val_fraction < 1:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if tokenizer is not None and tokenizer.vocab_size > vocab_size:
+        raise DataError(f"the tokenizer has {tokenizer.vocab_size} tokens and the model's vocab_size is {vocab_size}: "
+                        "its ids would not fit the embedding")
     parts, description, source_hash = _resolve(sources, jsonl_field)
+    if tokenizer is not None:  # the same text under another tokenizer is another dataset
+        source_hash = hashlib.sha256(f"{source_hash}\ntokenizer:{_tokenizer_hash(tokenizer)}".encode()).hexdigest()
     key = f"{source_hash[:16]}-v{vocab_size}-val{val_fraction:g}"
     cache_dir = Path(cache_dir)
     final = cache_dir / key
@@ -105,7 +114,7 @@ def prepare_dataset(
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".tmp-{key}-"))
     try:
-        meta = _build(tmp, parts, "; ".join(description), jsonl_field, vocab_size, val_fraction, log)
+        meta = _build(tmp, parts, "; ".join(description), jsonl_field, vocab_size, val_fraction, log, tokenizer)
         meta["source"] = {"description": description, "sha256": source_hash, "jsonl_field": jsonl_field,
                           **meta["source"]}
         _write_json(tmp / META_FILE, meta)
@@ -173,8 +182,14 @@ def _reuse(path: Path, source_hash: str, vocab_size: int, val_fraction: float, l
     return ds
 
 
-def _build(tmp: Path, parts, description: str, jsonl_field: str, vocab_size: int, val_fraction: float, log) -> dict:
-    """Train the tokenizer and write tokenizer.json, train.bin and val.bin into `tmp`; returns meta (no source)."""
+def _tokenizer_hash(tokenizer: Tokenizer) -> str:
+    return hashlib.sha256((tokenizer.to_str() + json.dumps(tokenizer.config(), sort_keys=True)).encode()).hexdigest()
+
+
+def _build(tmp: Path, parts, description: str, jsonl_field: str, vocab_size: int, val_fraction: float, log,
+           given: Tokenizer | None = None) -> dict:
+    """Train the tokenizer (unless one is `given`) and write tokenizer.json, train.bin and val.bin into `tmp`;
+    returns meta (no source)."""
     stats = {"documents": 0, "chars": 0}
 
     def texts() -> Iterator[str]:
@@ -184,13 +199,19 @@ def _build(tmp: Path, parts, description: str, jsonl_field: str, vocab_size: int
             stats["chars"] += len(doc.text)
             yield doc.text
 
-    log(f"data: training a byte-level BPE tokenizer with at most {vocab_size} tokens")
-    t0 = time.monotonic()
-    tokenizer = Tokenizer.train(texts(), vocab_size)
+    if given is None:
+        log(f"data: training a byte-level BPE tokenizer with at most {vocab_size} tokens")
+        t0 = time.monotonic()
+        tokenizer = Tokenizer.train(texts(), vocab_size)
+        log(f"data: trained a {tokenizer.vocab_size}-token tokenizer on {stats['documents']:,} documents "
+            f"({stats['chars'] / 1e6:.1f} M chars) in {time.monotonic() - t0:.1f} s")
+    else:
+        tokenizer = given
+        for _ in texts():  # counts the documents, and surfaces bad input before any token is written
+            pass
+        log(f"data: encoding with the model's {tokenizer.vocab_size}-token tokenizer ({tokenizer.specials.source})")
     if stats["documents"] == 0:
         raise DataError(f"empty corpus: {description} hold no text")
-    log(f"data: trained a {tokenizer.vocab_size}-token tokenizer on {stats['documents']:,} documents "
-        f"({stats['chars'] / 1e6:.1f} M chars) in {time.monotonic() - t0:.1f} s")
     tokenizer.save(tmp / "tokenizer.json")
 
     t0 = time.monotonic()
@@ -208,6 +229,7 @@ def _build(tmp: Path, parts, description: str, jsonl_field: str, vocab_size: int
         "vocab_size": vocab_size,
         "tokenizer_vocab_size": tokenizer.vocab_size,
         "eos_id": tokenizer.eos_id,
+        "tokenizer": "trained" if given is None else "given",
         "dtype": dtype.name,
         "tokens": {"train": n - n_val, "val": n_val},
         "split": {"method": "tail", "val_fraction": val_fraction},

@@ -39,7 +39,8 @@ def write_tokens(
     dtype: np.dtype,
     log: Callable[[str], None] | None = None,
 ) -> StreamStats:
-    """Encode `docs` in order into `path` (created or overwritten), <|eos|> after each document."""
+    """Encode `docs` in order into `path` (created or overwritten), eos after each document (and bos before it when
+    the tokenizer frames documents so)."""
     if tokenizer.vocab_size > np.iinfo(dtype).max + 1:
         raise DataError(f"{path}: vocabulary of {tokenizer.vocab_size} does not fit {dtype.name}")
     n_tokens = n_docs = n_chars = 0
@@ -47,6 +48,7 @@ def write_tokens(
     with open(path, "wb") as f:
         for batch in _batches(docs):
             for ids in tokenizer.encode_batch(batch):
+                ids = tokenizer.frame(ids)  # bos first when the model's tokenizer says so
                 ids.append(tokenizer.eos_id)
                 f.write(np.asarray(ids, dtype=dtype).tobytes())
                 n_tokens += len(ids)

@@ -1,10 +1,13 @@
-"""Byte-level BPE tokenizer: trained with HF `tokenizers`, stored as one `tokenizer.json`.
+"""Byte-level BPE tokenizer: trained with HF `tokenizers`, stored as one `tokenizer.json`; or a model's own.
 
 Byte-level means every string round-trips exactly (decode(encode(s)) == s) and no text is unknown. Special
 tokens take the first ids: <|eos|> = 0 (ends every document, so it is also the document separator),
 <|bos|> = 1, <|pad|> = 2. Text never encodes to a special id, even when it contains "<|eos|>" literally;
 callers add special ids themselves. The checkpoint and export layers copy `tokenizer.json` next to the weights,
 so a model can always be decoded; `transformers.PreTrainedTokenizerFast(tokenizer_file=...)` reads it too.
+
+A model's own tokenizer (any tokenizer.json, with the tokenizer_config.json transformers writes beside it) is
+used as it is: its special ids come from those files (special_tokens.py), and `save` writes both files.
 """
 
 import os
@@ -18,10 +21,12 @@ from turnout import atomic
 from turnout.errors import one_line
 
 from .errors import DataError
+from .special_tokens import (BOS, EOS, PAD, TOKENIZER_CONFIG, TURNOUT, SpecialTokens, config_json, is_turnout_layout,
+                             read_special_tokens)
 
-EOS, BOS, PAD = "<|eos|>", "<|bos|>", "<|pad|>"
 SPECIAL_TOKENS = (EOS, BOS, PAD)
 FILE_NAME = "tokenizer.json"
+FILES = (FILE_NAME, TOKENIZER_CONFIG)  # what travels with a model: the second only for a model's own tokenizer
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # every byte, plus the special tokens
 CHUNK_CHARS = 4096  # long texts are cut into ~4 KB pieces so encode_batch can spread them over threads
 
@@ -47,14 +52,19 @@ def split_for_encoding(text: str, size: int = CHUNK_CHARS) -> list[str]:
 
 
 class Tokenizer:
-    """A byte-level BPE tokenizer: `encode`, `decode`, `vocab_size`, `eos_id`, `save`, `load`, `train`."""
+    """A tokenizer: `encode`, `decode`, `vocab_size`, the special ids, `save`, `load`, `train`.
 
-    def __init__(self, tok: tokenizers.Tokenizer):
-        for i, name in enumerate(SPECIAL_TOKENS):
-            if tok.token_to_id(name) != i:
-                raise DataError(f"tokenizer lacks special token {name!r} at id {i}; not a turnout tokenizer")
+    `specials` None means turnout's own layout, which `tok` must have; a model's own tokenizer gives them."""
+
+    def __init__(self, tok: tokenizers.Tokenizer, specials: SpecialTokens | None = None):
+        if specials is None:
+            for i, name in enumerate(SPECIAL_TOKENS):
+                if tok.token_to_id(name) != i:
+                    raise DataError(f"tokenizer lacks special token {name!r} at id {i}; not a turnout tokenizer")
+            specials = TURNOUT
         tok.encode_special_tokens = True  # not stored in tokenizer.json: set on every load
-        self._tok = tok
+        self._tok, self.specials = tok, specials
+        self._parsing: tokenizers.Tokenizer | None = None
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> "Tokenizer":
@@ -93,6 +103,14 @@ class Tokenizer:
             out[i].extend(enc.ids)
         return out
 
+    def encode_special(self, text: str) -> list[int]:
+        """Token ids of text in which special tokens are written out (a rendered chat template): each becomes its
+        id. Only for text the model's own template wrote; `encode` never does this."""
+        if self._parsing is None:  # a second copy: the flag is per tokenizer, and encode may run on other threads
+            self._parsing = tokenizers.Tokenizer.from_str(self._tok.to_str())
+            self._parsing.encode_special_tokens = False
+        return self._parsing.encode(text, add_special_tokens=False).ids
+
     def decode(self, ids: list[int], skip_special: bool = False) -> str:
         """Text of `ids`; special tokens appear as "<|eos|>" etc. unless `skip_special`."""
         return self._tok.decode(list(ids), skip_special_tokens=skip_special)
@@ -104,33 +122,54 @@ class Tokenizer:
 
     @property
     def eos_id(self) -> int:
-        return SPECIAL_TOKENS.index(EOS)
+        return self.specials.eos_id
 
     @property
-    def bos_id(self) -> int:
-        return SPECIAL_TOKENS.index(BOS)
+    def bos_id(self) -> int | None:
+        return self.specials.bos_id
 
     @property
-    def pad_id(self) -> int:
-        return SPECIAL_TOKENS.index(PAD)
+    def pad_id(self) -> int | None:
+        return self.specials.pad_id
+
+    @property
+    def own(self) -> bool:
+        """True for a tokenizer turnout trained (its layout); False for a model's own."""
+        return self.specials == TURNOUT
+
+    def frame(self, ids: list[int]) -> list[int]:
+        """A document's or prompt's ids as the model reads them: after bos when the model expects one."""
+        return [self.bos_id, *ids] if self.specials.add_bos else ids
+
+    def token_names(self, *ids: int | None) -> tuple[str | None, ...]:
+        """The token strings of `ids` (None stays None)."""
+        return tuple(None if i is None else self._tok.id_to_token(i) for i in ids)
 
     def to_str(self) -> str:
         """The tokenizer.json text."""
         return self._tok.to_str()
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Tokenizer) and self.to_str() == other.to_str()
+        return isinstance(other, Tokenizer) and self.to_str() == other.to_str() and self.specials == other.specials
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write tokenizer.json atomically; `path` is the file or a folder to hold FILE_NAME. Returns the file."""
+        """Write tokenizer.json atomically (and, for a model's own tokenizer, tokenizer_config.json beside it);
+        `path` is the file or a folder to hold FILE_NAME. Returns the tokenizer.json file."""
         path = Path(path)
         if path.is_dir():
             path = path / FILE_NAME
+        if not self.own:
+            atomic.write_json(path.parent / TOKENIZER_CONFIG, config_json(self._tok, self.specials))
         return atomic.write_text(path, self.to_str())
+
+    def config(self) -> dict:
+        """tokenizer_config.json for transformers' AutoTokenizer (what `save` writes for a model's own)."""
+        return config_json(self._tok, self.specials)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Tokenizer":
-        """Read a tokenizer.json written by `save` (`path` is the file or its folder)."""
+        """Read a tokenizer.json (`path` is the file or its folder): turnout's own, or a model's own with its
+        special tokens named by the files beside it (see special_tokens.py)."""
         path = Path(path)
         if path.is_dir():
             path = path / FILE_NAME
@@ -140,7 +179,7 @@ class Tokenizer:
             tok = tokenizers.Tokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises a bare Exception for malformed JSON
             raise DataError(f"{path}: not a valid tokenizer.json ({one_line(str(e))})") from None
-        return cls(tok)
+        return cls(tok, None if is_turnout_layout(tok) else read_special_tokens(path.parent, tok))
 
 
 def _pieces(texts: Iterable[str]) -> Iterator[str]:

@@ -60,6 +60,15 @@ class SafetensorsReader:
         return [k for k in self._where if not (k.endswith("_scale_inv") and k[: -len("_scale_inv")] in self._where)
                 and not k.startswith(self.exclude)]
 
+    def stored_dtypes(self) -> dict[str, int]:
+        """Tensors per stored dtype, as safetensors names them ("BF16", "F8_E4M3", ...), scales included; no tensor
+        is read."""
+        out: dict[str, int] = {}
+        for k, f in self._where.items():
+            dt = self._handles[f].get_slice(k).get_dtype()
+            out[dt] = out.get(dt, 0) + 1
+        return out
+
     def shape(self, key: str) -> tuple[int, ...]:
         return tuple(self._handles[self._where[key]].get_slice(key).get_shape())
 
@@ -82,6 +91,16 @@ def load_config(path: str | os.PathLike) -> ModelArgs:
         return ModelArgs.from_hf_config_dict(json.loads(cfg.read_text())).check()
     except ValueError as e:
         raise CheckpointError(f"{cfg}: {e}") from None
+
+
+def pretrained_args(path: str | os.PathLike) -> ModelArgs:
+    """The ModelArgs `load_pretrained(path)` builds without overrides: config.json's, less the MTP modules the
+    files hold no tensors for. Reads only config.json and the safetensors headers."""
+    path = Path(path)
+    args = load_config(path)
+    raw = json.loads((path / "config.json").read_text())
+    block = tuple((raw.get("quantization_config") or {}).get("weight_block_size") or (128, 128))
+    return args.replace(mtp_depth=min(args.mtp_depth, mtp_depth_stored(SafetensorsReader(path, block).keys(), args)))
 
 
 def load_pretrained(path: str | os.PathLike, device="cpu", dtype: torch.dtype = torch.float32,

@@ -35,3 +35,29 @@ def render_chat(messages: Sequence[tuple[str, str]]) -> str:
             raise ValueError(f"unknown role {role!r}; use one of {', '.join(ROLES)} (or developer)")
         parts.append(role_line(role) + content + ("" if content.endswith("\n") else "\n"))
     return "".join(parts) + role_line("assistant")
+
+
+class TemplatedChat(str):
+    """Prompt text rendered by the model's own chat template: the special tokens it writes (<|im_start|>, ...)
+    encode as their special ids, which text from anywhere else never does."""
+
+
+def render_template(template: str, messages: Sequence[tuple[str, str]], bos_token: str | None,
+                    eos_token: str | None) -> TemplatedChat:
+    """The model's chat template (jinja, as transformers runs it: sandboxed, trim_blocks and lstrip_blocks) over
+    the messages, ending with the generation prompt. A template error raises ValueError."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise ValueError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    env.globals["raise_exception"] = raise_exception
+    try:
+        text = env.from_string(template).render(
+            messages=[{"role": ALIASES.get(r, r), "content": c} for r, c in messages], add_generation_prompt=True,
+            bos_token=bos_token or "", eos_token=eos_token or "")
+    except jinja2.TemplateError as e:
+        raise ValueError(f"the model's chat template failed: {e}") from None
+    return TemplatedChat(text)

@@ -37,6 +37,7 @@ from turnout.data import Tokenizer
 from turnout.errors import one_line
 from turnout.model import LatentCache, Transformer
 from turnout.serve import speculative
+from turnout.serve.chat import TemplatedChat
 from turnout.serve.logprobs import TokenLogprob, prompt_logprobs, token_logprobs
 from turnout.serve.request import Completion, Event, RequestError, RequestHandle
 from turnout.serve.sampling import SamplingError, SamplingParams, make_generator, sample_rows
@@ -107,6 +108,7 @@ class Engine:
         self.cache = LatentCache(args, max_batch, self.context + speculative, device=self.device, dtype=self.dtype,
                                  mtp_layers=int(speculative))
         self.eos_id = tokenizer.eos_id
+        self.stop_ids = frozenset(tokenizer.specials.stops)  # eos, and any other id the model ends a turn with
         self.stats = EngineStats()
         self._free = list(range(max_batch - 1, -1, -1))  # cache rows not in use (pop() gives the lowest)
         self._running: list[_Request] = []  # touched only by the thread that steps the engine
@@ -140,10 +142,16 @@ class Engine:
 
     # ---- requests -----------------------------------------------------------------------------------------
     def encode_prompt(self, prompt: str | list[int]) -> list[int]:
-        """Token ids of a prompt (text or ids); an empty prompt becomes [eos] (the document separator)."""
-        if isinstance(prompt, str):
+        """Token ids of a prompt (text, after bos when the model's tokenizer frames text so, or ids as given); an
+        empty prompt becomes [eos] (the document separator)."""
+        if isinstance(prompt, TemplatedChat):
             try:
-                ids = self.tokenizer.encode(prompt)
+                ids = self.tokenizer.encode_special(prompt)
+            except Exception as e:  # noqa: BLE001
+                raise RequestError(f"messages cannot be tokenized: {type(e).__name__}", "messages") from None
+        elif isinstance(prompt, str):
+            try:
+                ids = self.tokenizer.frame(self.tokenizer.encode(prompt))
             except Exception as e:  # noqa: BLE001 - e.g. lone surrogates the tokenizer cannot take
                 raise RequestError(f"prompt cannot be tokenized: {type(e).__name__}", "prompt") from None
         else:
@@ -393,7 +401,7 @@ class Engine:
         r.last = tok
         p = r.params
         lps = None if lp is None else [lp]
-        if tok == self.eos_id and not p.ignore_eos:
+        if tok in self.stop_ids and not p.ignore_eos:
             self._finish(r, "stop", r.assembler.flush(), [tok], lps=lps)
             return
         text = r.assembler.add(tok)

@@ -38,7 +38,7 @@ from turnout.serve import limits, openapi
 from turnout.serve.api_schema import (ChatCompletionChunk, ChatRequest, ChatResponse, CompletionRequest,
                                       CompletionResponse, ErrorResponse, Health, ModelCard, ModelList,
                                       SamplingRequest)
-from turnout.serve.chat import CHAT_STOP, render_chat
+from turnout.serve.chat import CHAT_STOP, render_chat, render_template
 from turnout.serve.engine import Engine
 from turnout.serve.logprobs import LegacyLogprobs, TokenText, chat_shape
 from turnout.serve.request import Completion, Event, RequestError
@@ -330,9 +330,19 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, t
         want, n = bool(req.logprobs), req.n
         if req.top_logprobs is not None and not want:
             raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
-        prompt = render_chat([(m.role, m.text()) for m in req.messages])
+        messages = [(m.role, m.text()) for m in req.messages]
+        sp = engine.tokenizer.specials
+        if sp.chat_template is None:  # turnout's plain-text roles; a reply ends at the next role line too
+            prompt, chat_stop = render_chat(messages), (CHAT_STOP,)
+        else:  # the model's own template; its end-of-turn token is one of the tokenizer's stop ids
+            try:
+                names = engine.tokenizer.token_names(sp.bos_id, sp.eos_id)
+                prompt = render_template(sp.chat_template, messages, *names)
+            except ValueError as e:
+                raise ApiError(400, str(e), param="messages") from None
+            chat_stop = ()
         asked = req.max_completion_tokens or req.max_tokens
-        params = params_for(req, asked or engine.default_max_tokens, (CHAT_STOP,),
+        params = params_for(req, asked or engine.default_max_tokens, chat_stop,
                             logprobs=(req.top_logprobs or 0) if want else None)
         jobs = samples(await prepare([prompt], params, fit=asked is None), n)
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())

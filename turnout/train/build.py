@@ -17,12 +17,16 @@ from turnout.model.args import ModelArgs
 from turnout.model.transformer import Transformer
 from turnout.model.flops import flops_per_token, param_counts
 from turnout.train.dist import DistInfo, wrap_model
+from turnout.train.init import init_args, init_tokenizer, load_init_weights
 from turnout.train.optim import build_optimizer
 from turnout.train.step import StepRunner
 
 
 def model_args(config: Config) -> ModelArgs:
-    """ModelArgs from `model.preset` + `model.overrides`; problems raise ConfigError naming the key."""
+    """ModelArgs from `model.preset` + `model.overrides` (or from `model.init`'s model + the overrides it
+    allows); problems raise ConfigError naming the key."""
+    if config.model.init:
+        return init_args(config)
     try:
         return ModelArgs.preset(config.model.preset, **config.model.overrides)
     except ValueError as e:
@@ -52,7 +56,8 @@ def data_cache_dir(config: Config) -> Path:
 def build_dataset(config: Config, args: ModelArgs, info: DistInfo, log: Callable[[str], None] | None) -> Dataset:
     """Tokenise the configured sources once (rank 0 first, so ranks never race on the cache) and open them."""
     kwargs = dict(sources=config.data.sources or None, vocab_size=args.vocab_size, cache_dir=data_cache_dir(config),
-                  val_fraction=config.data.val_fraction, jsonl_field=config.data.jsonl_field)
+                  val_fraction=config.data.val_fraction, jsonl_field=config.data.jsonl_field,
+                  tokenizer=init_tokenizer(config))
     if info.world_size > 1:
         if info.is_main:
             prepare_dataset(**kwargs, log=log)
@@ -89,6 +94,8 @@ def check_config(config: Config, backend: Backend, info: DistInfo) -> ModelArgs:
                           f"{t.grad_accum} micro-batch(es)")
     if t.seq_len > args.max_seq_len:
         raise ConfigError(f"train.seq_len: {t.seq_len} exceeds the model's max_seq_len {args.max_seq_len}")
+    if config.model.init:  # a source without a usable tokenizer fails before any weight is read
+        init_tokenizer(config)
     reasons = refusals(backend, config, info.world_size)
     if reasons:
         raise ConfigError(f"target {backend.name} refuses this config: " + "; ".join(reasons))
@@ -101,6 +108,8 @@ def build_model(config: Config, target: str | Backend, info: DistInfo = DistInfo
     args = check_config(config, backend, info)
     torch.manual_seed(config.train.seed)  # identical initial weights on every rank and every target
     model = Transformer(args)
+    if config.model.init:  # weights from a trained model, before the model is placed and wrapped
+        load_init_weights(model, config)
     model.to(backend.device(info.local_rank))
     inner = model
     model = wrap_model(model, config.train.parallel, info, backend)

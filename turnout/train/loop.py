@@ -23,10 +23,10 @@ from turnout import atomic
 from turnout.backend import Backend, get_backend
 from turnout.ckpt import Checkpointer, Manifest, encode_rng, list_checkpoints, read_manifest
 from turnout.config import Config, ConfigError, to_toml
-from turnout.data import Dataset
+from turnout.data import TOKENIZER_FILES, Dataset
 from turnout.errors import one_line
 from turnout.model.args import KERNEL_FIELDS, ModelArgs
-from turnout.report.rundir import TOKENIZER, RunDir
+from turnout.report.rundir import RunDir
 from turnout.train.build import Built, build_dataset, build_model
 from turnout.train.dist import DistInfo, all_reduce_mean, init_distributed
 from turnout.train.events import EventLog
@@ -79,7 +79,8 @@ class Trainer:
                                rank=None if main else self.info.rank,  # other ranks: what they alone see
                                also=self.metrics.event)
         self.ckpt = Checkpointer(self.folder.root, keep=config.ckpt.keep, async_save=config.ckpt.async_save,
-                                 attach={TOKENIZER: dataset.path / TOKENIZER}, on_set_aside=self._set_aside)
+                                 attach={name: dataset.path / name for name in TOKENIZER_FILES
+                                         if (dataset.path / name).is_file()}, on_set_aside=self._set_aside)
         self.step = 0
         self.sampler = dataset.sampler(config.train.seq_len, config.train.seed)
         self.recent_losses: list[tuple[int, float]] = []  # (step, loss) of the last steps, kept in the manifest
@@ -358,7 +359,9 @@ def train(config: Config, target: str | Backend | None, run_dir: str | Path, *, 
         refuse_other_model(read_manifest(folder), built.args, folder)
     record_config(run, config, info)
     if info.is_main:
-        atomic.write_bytes(run.tokenizer, (dataset.path / TOKENIZER).read_bytes())
+        for name in TOKENIZER_FILES:  # tokenizer.json, and a model's own tokenizer's config
+            if (dataset.path / name).is_file():
+                atomic.write_bytes(run.root / name, (dataset.path / name).read_bytes())
         run.note_start(backend.name, model=built.args.to_dict(), params=built.params,
                        active_params=built.active_params, world_size=info.world_size)
     if folder is not None:

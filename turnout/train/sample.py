@@ -19,7 +19,7 @@ def sample_text(model: torch.nn.Module, tokenizer: Tokenizer, backend: Backend, 
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(seed)
-    ids = tokenizer.encode(prompt) or [tokenizer.eos_id]
+    ids = tokenizer.frame(tokenizer.encode(prompt)) or [tokenizer.eos_id]
     out: list[int] = []
     try:
         with backend.compute():
@@ -34,7 +34,7 @@ def sample_text(model: torch.nn.Module, tokenizer: Tokenizer, backend: Backend, 
                         kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
                         logits = logits.masked_fill(logits < kth, float("-inf"))
                     nxt = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
-                if nxt == tokenizer.eos_id:
+                if nxt in tokenizer.specials.stops:
                     break
                 out.append(nxt)
     finally:
