@@ -214,10 +214,15 @@ def _bad_scalar(value: Any) -> str | None:
     return None
 
 
+def _origin_item(typ: Any) -> tuple[type, type | None]:
+    """A field's type as (container or scalar type, item type of a list or None): list[str] -> (list, str)."""
+    origin = get_origin(typ) or typ
+    return origin, (get_args(typ) or (None,))[0] if origin is list else None
+
+
 def _check_value(key: str, value: Any, typ: type, meta: dict) -> Any:
     """Type-check and range-check one value; return it (ints are accepted where floats are expected)."""
-    origin = get_origin(typ) or typ
-    item = (get_args(typ) or (None,))[0] if origin is list else None
+    origin, item = _origin_item(typ)
     want = _describe(meta, origin, item)
     if origin is list and meta.get("one_is_list") and item is not None and isinstance(value, item):
         value = [value] if value else []  # `--set data.sources=corpus/`: the list of that one path; "": none
@@ -357,15 +362,16 @@ def to_toml(cfg: Config) -> str:
         lines.append(f"[{name}]")
         for k, v in section.items():
             if not isinstance(v, dict):
-                lines.append(f"{k} = {_toml_value(v)}")
+                lines.append(f"{k} = {toml_value(v)}")
         for k, v in tables.items():
             lines.append(f"\n[{name}.{k}]")
-            lines.extend(f"{kk} = {_toml_value(vv)}" for kk, vv in v.items())
+            lines.extend(f"{kk} = {toml_value(vv)}" for kk, vv in v.items())
         lines.append("")
     return "\n".join(lines)
 
 
-def _toml_value(v: Any) -> str:
+def toml_value(v: Any) -> str:
+    """One value as TOML writes it; a table inline ({k = v, ...}: its keys are checked identifiers)."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
@@ -375,18 +381,15 @@ def _toml_value(v: Any) -> str:
         # which TOML reads back as two unpaired surrogates
         return json.dumps(v, ensure_ascii=False)
     if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + "}"
     raise TypeError(f"cannot write {v!r} as TOML")
 
 
 def describe_fields() -> list[tuple[str, Any, str]]:
     """(key, default, doc) for every field, for documenting the config file and its `--set section.key=value` keys."""
-    out = []
-    for name, cls in _section_types().items():
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            out.append((f"{name}.{f.name}", default, f.metadata["doc"]))
-    return out
+    return [(f["key"], f["default"], f["doc"]) for s in explain() for f in s["fields"]]
 
 
 def explain(cfg: Config | None = None) -> list[dict]:
@@ -398,9 +401,7 @@ def explain(cfg: Config | None = None) -> list[dict]:
         hints, section = get_type_hints(cls), getattr(cfg, name)
         fields = []
         for f in dataclasses.fields(cls):
-            typ = hints[f.name]
-            origin = get_origin(typ) or typ
-            item = (get_args(typ) or (None,))[0] if origin is list else None
+            origin, item = _origin_item(hints[f.name])
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             fields.append({"key": f"{name}.{f.name}", "value": copy.deepcopy(getattr(section, f.name)),
                            "default": default, "accepts": _describe(f.metadata, origin, item),
@@ -410,5 +411,5 @@ def explain(cfg: Config | None = None) -> list[dict]:
 
 
 __all__ = ["Config", "ConfigError", "load_config", "from_dict", "apply_overrides", "to_toml", "describe_fields",
-           "explain",
+           "explain", "toml_value",
            "ModelSection", "DataSection", "TrainSection", "CkptSection", "HealthSection"]

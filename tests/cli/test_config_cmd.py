@@ -20,7 +20,8 @@ def test_every_field_is_shown_with_its_doc_and_value(capsys):
 def test_toml_output_is_a_config_file_that_reads_back_the_same(tmp_path, capsys):
     overrides = ["train.steps=37", "data.sources=[\"a b.txt\", \"d/\"]", "model.overrides.n_layers=3",
                  "health.reference=\"\"", "train.log_interval=3"]
-    assert cli(["config", "--toml", "--config", "configs/demo.toml", *(x for o in overrides for x in ("--set", o))]) == 0
+    sets = [x for o in overrides for x in ("--set", o)]
+    assert cli(["config", "--toml", "--config", "configs/demo.toml", *sets]) == 0
     path = tmp_path / "mine.toml"
     path.write_text(capsys.readouterr().out)
     assert load_config(path) == load_config("configs/demo.toml", overrides)

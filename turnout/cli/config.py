@@ -21,15 +21,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     form.add_argument("--json", action="store_true", help="print a JSON list of sections and fields")
 
 
-def _value(v: object) -> str:
-    """A value as TOML writes it (a table inline)."""
-    from turnout.config import _toml_value
-
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    return _toml_value(v)
-
-
 def _model_line(cfg) -> str:
     """What model.preset + model.overrides build: parameter counts and the main shape."""
     from turnout.model.flops import param_counts
@@ -44,6 +35,7 @@ def _model_line(cfg) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from turnout.config import explain, load_config
+    from turnout.config import toml_value as _value
 
     cfg = load_config(args.config, args.overrides)  # bad file or value -> ConfigError -> one line, exit 2
     sections = explain(cfg)

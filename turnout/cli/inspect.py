@@ -97,13 +97,14 @@ def describe(path: Path) -> dict:
         info = {"kind": "checkpoint", "checkpoint": str(folder), "step": m.step, "samples": m.samples,
                 "trained_on": m.target, "world_size": m.world_size, "torch_version": m.torch_version}
     total, active = param_counts(args)
+    mtp = mtp_params(args) if args.mtp_depth else 0
     per_token = (args.kv_lora_rank + args.qk_rope_head_dim) * args.n_layers
     return {**info, "path": str(path), "model": args.to_dict(),
-            "params": {"total": total, "active": active, "mtp": mtp_params(args) if args.mtp_depth else 0},
+            "params": {"total": total, "active": active, "mtp": mtp},
             "mtp": {"declared": declared, "present": args.mtp_depth}, "dtypes": dtypes,
             "kv_cache_bytes_per_token": {"bf16": per_token * 2, "fp32": per_token * 4},
             "tokenizer": _tokenizer(folder, args.vocab_size),
-            "targets": _targets(total + (mtp_params(args) if args.mtp_depth else 0))}
+            "targets": _targets(total + mtp)}
 
 
 def _text(d: dict) -> str:

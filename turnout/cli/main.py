@@ -13,8 +13,8 @@ from typing import Callable
 
 import turnout
 from turnout.cli import config as config_cmd
-from turnout.cli import (demo, export, generate, inspect, parity, qualify, report, sdc_coverage, serve, supervise, targets,
-                         train)
+from turnout.cli import (demo, export, generate, inspect, parity, qualify, report, sdc_coverage, serve, supervise,
+                         targets, train)
 from turnout.config import ConfigError
 from turnout.errors import CheckpointError, DataError, TargetError
 

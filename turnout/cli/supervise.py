@@ -11,8 +11,8 @@ HELP = ("run a training script (one that uses turnout's Guard) under failover: [
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", metavar="SPEC", help="the first target (default: $TURNOUT_TARGET, or the first present accelerator); "
-                   "the script reads it from $TURNOUT_TARGET")
+    p.add_argument("--target", metavar="SPEC", help="the first target (default: $TURNOUT_TARGET, or the first "
+                   "present accelerator); the script reads it from $TURNOUT_TARGET")
     p.add_argument("--fallback", action="append", default=[], metavar="SPEC[,SPEC...]",
                    help="targets to move to, in order, when the script stops trusting its target or hangs")
     p.add_argument("--run", default=None, metavar="DIR",

@@ -20,7 +20,6 @@ from turnout.errors import one_line
 from .errors import DataError
 
 TOKENIZER_CONFIG = "tokenizer_config.json"
-SIDE_FILES = (TOKENIZER_CONFIG, "chat_template.jinja", "generation_config.json", "config.json")
 EOS, BOS, PAD = "<|eos|>", "<|bos|>", "<|pad|>"
 TURNOUT_LAYOUT = (EOS, BOS, PAD)  # ids 0, 1, 2 of every tokenizer turnout trains
 

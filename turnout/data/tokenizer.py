@@ -21,10 +21,10 @@ from turnout import atomic
 from turnout.errors import one_line
 
 from .errors import DataError
-from .special_tokens import (BOS, EOS, PAD, TOKENIZER_CONFIG, TURNOUT, SpecialTokens, config_json, is_turnout_layout,
+from .special_tokens import (TOKENIZER_CONFIG, TURNOUT, TURNOUT_LAYOUT, SpecialTokens, config_json, is_turnout_layout,
                              read_special_tokens)
 
-SPECIAL_TOKENS = (EOS, BOS, PAD)
+SPECIAL_TOKENS = TURNOUT_LAYOUT
 FILE_NAME = "tokenizer.json"
 FILES = (FILE_NAME, TOKENIZER_CONFIG)  # what travels with a model: the second only for a model's own tokenizer
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # every byte, plus the special tokens

@@ -27,7 +27,8 @@ from turnout.data import Tokenizer
 from turnout.errors import CheckpointError
 from turnout.model import Transformer, load_pretrained
 from turnout.model.hf import INDEX
-from turnout.report.rundir import MANIFEST, RunDir
+from turnout.report.rundir import RunDir
+from turnout.train.init import is_hf_dir
 
 
 @dataclass(frozen=True)
@@ -79,10 +80,6 @@ class LoadedModel:
     @property
     def name(self) -> str:
         return self.identity.name
-
-
-def is_hf_dir(path: Path) -> bool:
-    return (path / "config.json").is_file() and not (path / MANIFEST).is_file()
 
 
 def model_identity(path: str | Path) -> ModelIdentity:
