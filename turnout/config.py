@@ -145,6 +145,9 @@ class HealthSection:
                              lo_open=True)
     loss_check_steps: int = _f(3, "steps after a failover compared with the losses recorded before it", lo=0)
     loss_check_rtol: float = _f(0.05, "relative loss difference allowed by the post-failover check", lo=0.0)
+    qualification: str = _f("", "qualify.json (or its folder) of the target's qualification: the run says at its "
+                            "start whether that verdict applies (same model, kernels, dtype, device and software) and "
+                            "records it; empty: none")
 
 
 @dataclass

@@ -13,6 +13,7 @@ import torch
 from turnout.ckpt.restore import load_model
 from turnout.model import save_pretrained
 from turnout.serve import CertificateError, model_identity, require_certificate
+from turnout.train.fingerprint import differences
 
 from .conftest import REPO, ServerProcess, cli, cli_command, free_port
 
@@ -49,6 +50,10 @@ def test_cpu_vs_healthy_sim_passes_and_writes_a_certificate(trained_run, capsys)
     assert cert["format"] == "turnout-parity/1" and cert["model"]["sha256"] == ident.sha256
     assert cert["model"]["trained_on"] == "cpu" and cert["precision_class"] == "fp32"
     assert cert["a"]["sha256"] == cert["b"]["sha256"] == ident.sha256
+    # each side's numerics fingerprint: the same model and serving kernels, another device
+    fa, fb = cert["a"]["fingerprint"], cert["b"]["fingerprint"]
+    assert fa["model"] == fb["model"] and fa["kernels"] == fb["kernels"] and fa["dtype"] == "fp32"
+    assert differences(fa, fb) == [f"device {fb['device']} (qualified: {fa['device']})"]
     tf, g = cert["teacher_forced"], cert["greedy"]
     assert tf["top1_agreement"] == 1.0 and tf["max_abs_diff"] == 0.0, numbers(cert)  # the sim is bit-exact
     assert g["token_agreement"] == 1.0 and g["first_divergence"] == [None] * 4

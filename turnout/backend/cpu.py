@@ -29,6 +29,10 @@ class CPUBackend(Backend):
     def device(self, index: int = 0) -> torch.device:
         return torch.device("cpu")
 
+    def software(self) -> dict[str, str]:
+        """torch, and the vector ISA its CPU kernels dispatch to (AVX2 and AVX-512 round sums differently)."""
+        return {**super().software(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
     def device_name(self, index: int = 0) -> str:
         """The CPU model (/proc/cpuinfo's model name where there is one)."""
         try:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+
+import torch
+
 from turnout.backend import detect
 from turnout.backend.interface import Backend
 
@@ -14,3 +18,17 @@ class CUDABackend(Backend):
 
     def availability(self) -> tuple[bool, str]:
         return detect.cuda_present()
+
+    def software(self) -> dict[str, str]:
+        """torch, its CUDA and cuDNN, and the driver (from nvidia-smi, when it answers within 5 s)."""
+        out = {**super().software(), "cuda": str(torch.version.cuda)}
+        if torch.backends.cudnn.is_available():
+            out["cudnn"] = str(torch.backends.cudnn.version())
+        try:
+            smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=5)
+            if smi.returncode == 0 and smi.stdout.strip():
+                out["driver"] = smi.stdout.split()[0]
+        except (OSError, subprocess.SubprocessError):
+            pass
+        return out

@@ -256,6 +256,11 @@ class Backend(ABC):
         return reasons
 
     # ---- description ---------------------------------------------------------------------------------
+    def software(self) -> dict[str, str]:
+        """The versions that decide this target's numerics beyond the model: torch, and per device kind its
+        runtime and driver (a subclass adds them)."""
+        return {"torch": torch.__version__}
+
     def describe(self, peak: bool = False) -> dict[str, Any]:
         """A JSON-ready summary for `turnout targets`."""
         ok, why = self.availability()

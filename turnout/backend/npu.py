@@ -18,3 +18,9 @@ class NPUBackend(Backend):
 
     def availability(self) -> tuple[bool, str]:
         return detect.npu_present()
+
+    def software(self) -> dict[str, str]:
+        """torch and torch_npu (whose release pins the CANN it runs on)."""
+        import sys
+        npu = sys.modules.get("torch_npu")
+        return {**super().software(), "torch_npu": str(getattr(npu, "__version__", "?"))}

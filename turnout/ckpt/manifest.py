@@ -42,6 +42,7 @@ class Manifest:
     rng: dict = field(default_factory=dict)  # name -> base64 of a uint8 generator state
     files: dict = field(default_factory=dict)  # relative path -> sha256
     extra: dict = field(default_factory=dict)  # loop state that is not tensors (health, lr scale, losses, ...)
+    fingerprint: dict = field(default_factory=dict)  # the run's numerics fingerprint (turnout.train.fingerprint)
     digest: str = ""  # sha256 of every other field (see content_digest); set by write_manifest
 
     def to_json(self) -> str:

@@ -8,8 +8,8 @@ import argparse
 from turnout.config import ConfigError, load_config
 from turnout.report.rundir import QualifyDir
 
-HELP = ("qualify an accelerator target for a model: --target SPEC [--reference SPEC] --config FILE --out DIR "
-        "[--require train|inference]")
+HELP = ("qualify an accelerator target for a model: --target SPEC [--reference SPEC] [--config FILE | --model "
+        "hf:DIR] --out DIR [--require train|inference]")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,6 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", default="cpu", help="the device the target is judged against (default: cpu); "
                    "every op is also compared with float64 on the CPU")
     p.add_argument("--config", help="TOML config of the model and run to qualify for (default: built-in defaults)")
+    p.add_argument("--model", metavar="hf:DIR", help="qualify for a transformers causal LM instead of the configured "
+                   "model: a local folder with config.json (Llama, Qwen, Mixtral, DeepseekV3, ...; randomly "
+                   "initialised when it has no weights); the config's train section still sets dtype and schedule")
     p.add_argument("--out", required=True, help="folder for qualify.json, report.html and the collectives log")
     p.add_argument("--require", choices=("train", "inference"),
                    help="exit 1 unless the verdict is train-ready (train) or at least inference-only (inference)")
@@ -56,9 +59,15 @@ def run(args: argparse.Namespace) -> int:
                         golden_dir=args.golden, use_golden=not args.no_golden, threads=args.threads)
     log = (lambda _m: None) if args.quiet else (lambda m: print(m, flush=True))
     result = qualify(config, target, args.out, reference=reference, settings=settings, log=log,
-                     config_path=args.config)
+                     config_path=args.config, model=args.model)
     print(f"verdict: {result['verdict']} ({result['target']} against {result['reference']}, "
           f"{result['seconds']:.1f} s); report: {QualifyDir(args.out).report}")
+    covers = result.get("covers")
+    if covers:
+        m = covers["model"]
+        print(f"  covers: {m['architecture']} ({m['source']}) in {covers['dtype']} with "
+              f"{', '.join(f'{k}={v}' for k, v in covers['kernels'].items())}: {len(covers['ops']['training'])} ops "
+              f"in training, {len(covers['ops']['inference'])} in inference")
     for reason in result["reasons"]:
         print(f"  - {reason}")
     if not satisfies(result["verdict"], args.require):

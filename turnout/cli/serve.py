@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the training target of an HF directory (checkpoints record it in their manifest)")
     p.add_argument("--certificate", action="append", default=[], metavar="FILE",
                    help="a parity certificate to consider besides MODEL's parity-*.json (repeatable)")
+    p.add_argument("--qualification", default=None, metavar="QUALIFY_JSON",
+                   help="qualify.json (or its folder) of the serving target: says at start whether its verdict applies "
+                   "to this model, its serving kernels, dtype, device and software (their numerics fingerprint)")
     p.add_argument("--max-batch", type=int, default=16, help="requests decoded together (default 16)")
     add_speculative_argument(p)
     p.add_argument("--max-context", type=int, default=None,
@@ -60,8 +63,19 @@ def run(args: argparse.Namespace) -> int:
             ident = ident.with_trained_on(trained_on)
         cert = require_certificate(ident, target, args.certificate)
         print(f"certificate: {cert}" if cert else f"certificate: not needed ({target} is the training target)")
+    qualification = None
+    if args.qualification:
+        from turnout.train.fingerprint import read_qualification
+        try:
+            qualification = read_qualification(args.qualification)
+        except ValueError as e:
+            raise ConfigError(f"--qualification: {e}") from None
     _check_bind(args.host, args.port)
     lm = load_for_serving(args.model, target, trained_on=trained_on)
+    if qualification is not None:  # a verdict is quoted only for the numerics it saw
+        from turnout.train.fingerprint import applies, numerics_fingerprint
+        _ok, line = applies(qualification, numerics_fingerprint(lm.model, lm.backend, _dtype_name(lm.dtype)))
+        print(line, flush=True)
     context = args.max_context or min(lm.model.args.max_seq_len, 8192)
     engine = build_engine(lm, args, max_batch=args.max_batch, max_context=context)
     name = args.model_name or lm.name
@@ -76,6 +90,11 @@ def run(args: argparse.Namespace) -> int:
     serve(engine, name, host=args.host, port=args.port, api_key=key, target=lm.backend.name, dtype=dtype,
           log_level=args.log_level, max_body_bytes=args.max_body_bytes)
     return 0
+
+
+def _dtype_name(dtype) -> str:
+    from turnout.backend.spec import DTYPES
+    return next((n for n, d in DTYPES.items() if d == dtype), str(dtype).removeprefix("torch."))
 
 
 def _check_bind(host: str, port: int) -> None:

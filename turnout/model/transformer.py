@@ -74,6 +74,20 @@ class Transformer(nn.Module):
         self.lay_out_weights()
         return self
 
+    @property
+    def kernels(self) -> dict[str, str]:
+        """The kernel choices the model computes with (ModelArgs' KERNEL_FIELDS)."""
+        return {f: getattr(self.args, f) for f in KERNEL_FIELDS}
+
+    @property
+    def architecture(self) -> str:
+        """What a report calls this model: turnout's DeepSeek-V3 implementation."""
+        return "turnout Transformer (DeepSeek-V3)"
+
+    def new_cache(self, batch: int, max_seq: int, dtype: torch.dtype = torch.float32, device=None) -> LatentCache:
+        """An empty latent KV cache for `batch` sequences of up to `max_seq` tokens."""
+        return LatentCache(self.args, batch, max_seq, device=device, dtype=dtype)
+
     @torch.no_grad()
     def lay_out_weights(self):
         """Store every matmul weight as args.weight_layout says (the tensors' values and shapes do not change)."""

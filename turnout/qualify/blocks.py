@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map_only
 
 from turnout.backend import Backend
 from turnout.errors import one_line
@@ -27,22 +28,35 @@ from turnout.train.step import layer_groups
 
 
 def _f64(module: nn.Module) -> nn.Module:
-    """A float64 copy; grouped experts run as a loop (torch._grouped_mm has no float64 CPU kernel)."""
+    """A float64 copy; grouped experts run as a loop (torch._grouped_mm has no float64 CPU kernel), turnout's and
+    transformers' alike."""
     m = copy.deepcopy(module).double()
     for sub in m.modules():
         if isinstance(sub, Experts):
             sub.impl = "loop"
+        elif hasattr(sub, "_apply_gate") and hasattr(getattr(sub, "config", None), "_experts_implementation"):
+            sub.config._experts_implementation = "eager"  # transformers' pluggable experts (a copy's own config)
     return m
 
 
+def _detached(v: Any) -> Any:
+    """A block argument kept for replay: tensors copied, a KV cache dropped (replays are training forwards)."""
+    if isinstance(v, torch.Tensor):
+        return v.detach().clone()
+    if isinstance(v, (tuple, list)):
+        return type(v)(_detached(x) for x in v)
+    return None if "Cache" in type(v).__name__ else v
+
+
 def _capture_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, tuple]:
-    """Positional inputs of every decoder block (layers.i, mtp.k) in one fp32 training forward on the host."""
+    """Inputs (positional, keyword) of every decoder block (layers.i, mtp.k) in one fp32 training forward on the
+    host."""
     seen: dict[str, tuple] = {}
     hooks = []
     for prefix, mods in (("layers", model.layers), ("mtp", model.mtp)):
         for i, blk in enumerate(mods):
-            def hook(_m, args, _kwargs, name=f"{prefix}.{i}"):
-                seen[name] = tuple(a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args)
+            def hook(_m, args, kwargs, name=f"{prefix}.{i}"):
+                seen[name] = (tuple(_detached(a) for a in args), {k: _detached(v) for k, v in kwargs.items()})
             hooks.append(blk.register_forward_pre_hook(hook, with_kwargs=True))
     try:
         with torch.no_grad():
@@ -58,18 +72,20 @@ def _run_block(block: nn.Module, inputs: tuple, upstream: torch.Tensor, backend:
     """(outputs flattened, parameter gradients) of one block; backend None: float64 on the host."""
     if backend is None:
         blk, device = _f64(block), torch.device("cpu")
-        xs = [a.double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in inputs]
+        move = lambda a: a.double() if a.is_floating_point() else a  # noqa: E731
         ctx, cast = _Null(), _Null()
     else:
         device = backend.device()
         blk = copy.deepcopy(block).to(device)
-        xs = [a.to(device) if isinstance(a, torch.Tensor) else a for a in inputs]
+        move = lambda a: a.to(device)  # noqa: E731
         ctx, cast = backend.compute(), backend.autocast(dtype)
+    args, kwargs = tree_map_only(torch.Tensor, move, inputs)
     blk.train()
+    xs = list(args)
     xs[0] = xs[0].clone().requires_grad_()
     with ctx:
         with cast:
-            out = blk(*xs)
+            out = blk(*xs, **kwargs)
         # a Block returns (h, balance or None), an MTP block (h, norm(h), balance or None): every [B, T, dim]
         # output gets the same upstream gradient, a scalar output (the balance loss) is added as it is
         outs = [t for t in (out if isinstance(out, tuple) else (out,)) if isinstance(t, torch.Tensor)]
@@ -99,7 +115,7 @@ def block_parity(work: Workload, target: Backend, reference: Backend, dtype: tor
     for name, blk in modules.items():
         if name not in inputs:
             continue
-        up = torch.randn(inputs[name][0].shape, generator=gen) * 1e-2  # a gradient of a loss's typical size
+        up = torch.randn(inputs[name][0][0].shape, generator=gen) * 1e-2  # a gradient of a loss's typical size
         hr, gr = _run_block(blk, inputs[name], up, reference, dtype)  # a failure here is the harness's: raise
         h64, g64 = _run_block(blk, inputs[name], up, None, dtype)
         try:

@@ -9,8 +9,9 @@ from turnout.qualify.stage import StageResult
 from turnout.train.build import param_count, refusals
 
 
-def check_capabilities(config: Config, target: Backend) -> StageResult:
-    """Probe `target` and ask it whether it can run `config` on one device."""
+def check_capabilities(config: Config, target: Backend, params: int | None = None) -> StageResult:
+    """Probe `target` and ask it whether it can run `config` on one device (`params`: the parameter count of a
+    model the config does not describe)."""
     st = StageResult("capabilities", "Capabilities")
     ok, detail = target.availability()
     ev = st.evidence
@@ -25,8 +26,8 @@ def check_capabilities(config: Config, target: Backend) -> StageResult:
     ev["device_count"] = target.device_count()
     ev["memory"] = target.memory_stats()
     ev["compute_dtype"] = target.compute_dtype_name(config)
-    ev["params"] = param_count(config)
-    reasons = refusals(target, config)
+    ev["params"] = param_count(config) if params is None else params
+    reasons = refusals(target, config, params=params)
     ev["refusals"] = reasons
     for r in reasons:
         st.find("refused", f"{target.name} refuses this config: {r}")

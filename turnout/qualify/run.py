@@ -33,7 +33,8 @@ from turnout.qualify.stage import Log, StageResult
 from turnout.qualify.trace import trace_step
 from turnout.qualify.training import FLOOR_ULPS, NOISE_ULPS, SAFETY, training_parity
 from turnout.qualify.verdict import decide
-from turnout.qualify.workload import Settings, Workload, load_workload
+from turnout.qualify.coverage import covers
+from turnout.qualify.workload import Settings, Workload, load_foreign, load_workload
 from turnout.report.qualify_page import write_qualify_report
 from turnout.report.rundir import QualifyDir
 from turnout.train.build import refusals
@@ -81,14 +82,19 @@ class _Runner:
 
 
 def qualify(config: Config, target: str | Backend, out_dir: str | Path, *, reference: str | Backend = "cpu",
-            settings: Settings | None = None, log: Log | None = print, config_path: str | None = None) -> dict:
+            settings: Settings | None = None, log: Log | None = print, config_path: str | None = None,
+            model: str | None = None) -> dict:
     """Qualify `target` for `config` against `reference`; writes OUT/qualify.json and OUT/report.html and returns
-    the qualify.json dict. Bad specs raise TargetError, bad configs (or a reference that refuses it) ConfigError."""
+    the qualify.json dict. `model`: "hf:DIR", a transformers causal LM to qualify instead of the configured model
+    (the config's train section still sets the dtype, schedule and seed). Bad specs raise TargetError, bad configs
+    (or a reference that refuses it) ConfigError, a model folder that does not load CheckpointError."""
     settings = (settings or Settings()).check()
     log = log or (lambda _msg: None)
     tgt = target if isinstance(target, Backend) else get_backend(target)
     ref = reference if isinstance(reference, Backend) else get_backend(reference)
-    ref_refusals = refusals(ref, config)  # a bad preset or override is a ConfigError before anything runs
+    foreign = load_foreign(model, config.train.seed) if model else None  # before anything is written
+    params = sum(p.numel() for p in foreign[0].parameters()) if foreign else None
+    ref_refusals = refusals(ref, config, params=params)  # a bad preset or override is a ConfigError before anything
     if ref_refusals:
         raise ConfigError(f"reference {ref.name} refuses this config: " + "; ".join(ref_refusals))
     out = Path(out_dir)
@@ -99,13 +105,16 @@ def qualify(config: Config, target: str | Backend, out_dir: str | Path, *, refer
         torch.set_num_threads(settings.threads)
     try:
         runner = _Runner(log)
-        _stages(runner, config, tgt, ref, settings, out, log)
+        work = _stages(runner, config, tgt, ref, settings, out, log, foreign, params)
     finally:
         torch.set_num_threads(threads)
     stages = [runner.results[n] for n, _ in STAGES]
     verdict, reasons = decide(stages, tgt.name)
+    covered = covers(work, runner.results.get("ops"), tgt, config) if work is not None else None
     result = {
         "schema": SCHEMA, "target": tgt.name, "reference": ref.name, "verdict": verdict, "reasons": reasons,
+        "model": covered["model"] if covered else None, "covers": covered,
+        "fingerprint": covered["fingerprint"] if covered else None,
         "warnings": [f"{st.name}: {w}" for st in stages for w in st.warnings],
         "findings": [f.to_dict() for st in stages for f in st.findings],
         "stages": {st.name: st.to_dict() for st in stages},
@@ -121,17 +130,21 @@ def qualify(config: Config, target: str | Backend, out_dir: str | Path, *, refer
     return result
 
 
-def _stages(run: _Runner, config: Config, tgt: Backend, ref: Backend, s: Settings, out: Path, log: Log) -> None:
-    caps = run("capabilities", lambda: check_capabilities(config, tgt), tgt.name)
+def _stages(run: _Runner, config: Config, tgt: Backend, ref: Backend, s: Settings, out: Path, log: Log,
+            foreign: tuple | None, params: int | None) -> Workload | None:
+    caps = run("capabilities", lambda: check_capabilities(config, tgt, params), tgt.name)
     if caps.findings:
         why = "not run: " + caps.findings[0].message
         for name, _ in STAGES[1:]:
             run.skip(name, why)
-        return
+        return None
     dtype_name = tgt.compute_dtype_name(config)
     dtype = DTYPES[dtype_name]
     job = collectives.start(tgt, out, s.collectives_timeout) if s.collectives else None
-    work: Workload = load_workload(config, s, log=lambda m: log(f"  {m}"))
+    work: Workload = load_workload(config, s, log=lambda m: log(f"  {m}"), model=foreign)
+    d = work.describe()
+    log(f"  model: {d['architecture']} from {d['source']}, {d['params']:,} parameters, {d['blocks']} blocks; "
+        f"kernels: {', '.join(f'{k}={v}' for k, v in d['kernels'].items())}")
     host = get_backend("cpu")
     run("ops", lambda: conformance(trace_step(work, host, dtype), tgt, ref, work.config.train.seed),
         f"{tgt.name} vs {ref.name} vs float64")
@@ -147,6 +160,7 @@ def _stages(run: _Runner, config: Config, tgt: Backend, ref: Backend, s: Setting
         run("collectives", lambda: collectives.finish(job, tgt, s.collectives_timeout),
             job.skipped or f"2 ranks via {tgt.collective}")
     run("perf", lambda: performance(work, tgt, ref, dtype_name, run.results.get("ops"), train))
+    return work
 
 
 def _sim_record(tgt: Backend) -> dict | None:

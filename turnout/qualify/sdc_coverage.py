@@ -17,6 +17,7 @@ Faults are placed only by the campaign's own seeded draws, never at steps or cal
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import statistics
@@ -180,15 +181,21 @@ def _table(rows: list[dict], key: str) -> dict[str, dict]:
 
 
 def run_campaign(config: Config, target: str | Backend, *, flips: int, steps: int, seed: int,
-                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 log: Callable[[str], None] | None = None, work: Workload | None = None) -> dict[str, Any]:
     """Inject `flips` single-bit flips over `steps` training steps of `config` on `target`; returns the figures
-    (see the module doc) and one record per flip."""
+    (see the module doc) and one record per flip. With `work` (a qualification workload, checksums on in its
+    config), its model and its fixed batches are used instead of the configured model and data."""
     if not config.health.checksums:
         raise ValueError("health.checksums is off: there is nothing to measure")
-    built = build_model(config, target)
+    if work is None:
+        built = build_model(config, target)
+        sampler = build_dataset(config, built.args, DistInfo(), None).sampler(config.train.seq_len, config.train.seed)
+        next_batch = lambda: sampler.next_batch(config.train.batch_size)  # noqa: E731
+    else:
+        built = work.build(target)
+        fixed = iter(work.batches[i % len(work.batches)] for i in range(steps))
+        next_batch = lambda: next(fixed)  # noqa: E731
     runner, backend = built.runner, built.backend
-    dataset = build_dataset(config, built.args, DistInfo(), None)
-    sampler = dataset.sampler(config.train.seq_len, config.train.seed)
     draw = random.Random(seed)
     per_step = [flips // steps + (1 if s < flips % steps else 0) for s in range(steps)]
     draw.shuffle(per_step)
@@ -198,7 +205,7 @@ def run_campaign(config: Config, target: str | Backend, *, flips: int, steps: in
     noise: list[float] = []
     t0 = time.perf_counter()
     for s in range(steps):
-        x, y = sampler.next_batch(config.train.batch_size)
+        x, y = next_batch()
         batches = list(zip(x.chunk(config.train.grad_accum), y.chunk(config.train.grad_accum)))
         rng = backend.get_rng_state()
         count = _Products()
@@ -249,9 +256,11 @@ def _summary(config: Config, built, target: str, records: list[dict], alarms: li
     escaped = [r for r in records if not r["detected"]]
     strong = [r for r in records if r["bit_class"] != "other mantissa"]
     times = [r["detect_s"] for r in records if r["detected"]]
+    kernels = dict(built.inner.kernels)
     return {
         "target": target, "device": built.backend.device_name(), "dtype": str(built.dtype).removeprefix("torch."),
-        "preset": config.model.preset, "attn_impl": built.args.attn_impl, "seed": seed, "steps": steps,
+        "model": built.inner.architecture, "preset": config.model.preset, "kernels": kernels,
+        "attn_impl": kernels.get("attn_impl", kernels.get("attn_implementation")), "seed": seed, "steps": steps,
         "flips": len(records), "seconds": seconds,
         "detected": sum(r["detected"] for r in records),
         "high_bits": {"flips": len(strong), "detected": sum(r["detected"] for r in strong),
@@ -283,7 +292,8 @@ def coverage_stage(work: Workload, target: Backend, settings: Settings) -> Stage
     raw = work.config.to_dict()
     raw["health"]["checksums"] = raw["health"]["enabled"] = True
     fresh = get_backend(target.name)  # its own fault schedule: the campaign's flips are the only scheduled faults
-    r = run_campaign(from_dict(raw), fresh, flips=settings.sdc_flips, steps=settings.sdc_steps, seed=0)
+    checked = dataclasses.replace(work, config=from_dict(raw))
+    r = run_campaign(checked.config, fresh, flips=settings.sdc_flips, steps=settings.sdc_steps, seed=0, work=checked)
     hb, esc, fa = r["high_bits"], r["escaped"], r["false_alarms"]
     st.evidence = {k: v for k, v in r.items() if k != "records"}
     st.evidence["escaped"] = {**esc, "harmful_records": esc["harmful_records"][:5]}

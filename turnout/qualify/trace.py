@@ -3,7 +3,7 @@
 A recording TorchDispatchMode sees each op below autograd, so backward kernels (`_softmax_backward_data`, the
 `mm`s of a linear's gradient, `embedding_dense_backward`) appear as ops of their own. Each op is marked by where
 it was seen: "forward" / "backward" (the training step's two halves) and "inference" (a prefill plus one decode
-step on the latent KV cache, as the serving engine runs the model). Inference use is what serving needs; training
+step on the model's KV cache, as a serving engine runs the model). Inference use is what serving needs; training
 use is everything in the training step (the fused cross-entropy, for one, computes gradients in its forward).
 Calls are deduplicated by (op overload, tensor shapes and dtypes, non-tensor arguments); the first call of each
 keeps a copy of its inputs, so integer/index arguments stay valid and constrained inputs can be replayed.
@@ -19,12 +19,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map
 
 from turnout.backend import Backend
-from turnout.model.cache import LatentCache
 from turnout.qualify.workload import Workload
 
 #: pure bookkeeping: no arithmetic and nothing a device could get wrong
 _IGNORED = {"detach", "alias", "lift_fresh", "_local_scalar_dense", "set_", "copy_", "empty", "empty_strided",
-            "empty_like"}
+            "empty_like", "new_empty", "new_empty_strided"}
 
 
 @dataclass
@@ -138,7 +137,7 @@ def trace_step(work: Workload, host: Backend, dtype: torch.dtype) -> list[Traced
         out.loss.backward()
     model.eval()
     B, T = x.shape
-    cache = LatentCache(work.args, B, T + 1, dtype=dtype)
+    cache = model.new_cache(B, T + 1, dtype)  # the model's own kind: turnout's latent cache, or transformers' KV cache
     rec.phase = "inference"
     with rec, torch.no_grad(), host.autocast(dtype):
         model(x, cache=cache, start_pos=0)  # prefill

@@ -55,7 +55,9 @@ def render_qualify_report(r: dict) -> str:
     sections = [(name, guard(lambda name=name, st=st: Markup(stage.render(
         name=name, st=st, rules=rules, charts=charts_by_stage, shown_zero=charts.SHOWN_ZERO,
         missing_at=charts.MISSING_SHOWN_AT)))) for name, st in r.get("stages", {}).items()]
-    return render("qualify.html.j2", title=f"turnout qualify: {r.get('target')} \u2014 {r.get('verdict')}", r=r,
+    model = r.get("model") if isinstance(r.get("model"), dict) else {}
+    what = f" for {model['architecture']}" if model.get("architecture") else ""
+    return render("qualify.html.j2", title=f"turnout qualify: {r.get('target')}{what} \u2014 {r.get('verdict')}", r=r,
                   rules=rules, sections=sections, verdict_class=VERDICT_CLASS,
                   golden_name=lambda p: Path(p).name if p else "")
 

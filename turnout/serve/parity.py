@@ -29,6 +29,7 @@ from turnout.serve.engine import Engine
 from turnout.serve.loader import LoadedModel, load_for_serving
 from turnout.serve.sampling import SamplingParams
 from turnout.train.build import data_cache_dir
+from turnout.train.fingerprint import numerics_fingerprint
 
 
 @dataclass
@@ -164,7 +165,8 @@ def run_parity(model: str | Path, a: str, b: str, *, model_b: str | Path | None 
     def side(lm: LoadedModel) -> dict:
         i = lm.identity
         return {"target": lm.backend.name, "dtype": _dt(lm), "device": lm.backend.device_name(),
-                "model": str(i.folder), "kind": i.kind, "sha256": i.sha256}
+                "model": str(i.folder), "kind": i.kind, "sha256": i.sha256,
+                "fingerprint": numerics_fingerprint(lm.model, lm.backend, _dt(lm))}
 
     return {
         "model": {"path": str(Path(model).resolve()), "name": lm_a.identity.name, "kind": lm_a.identity.kind,

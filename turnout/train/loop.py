@@ -8,6 +8,7 @@ same target and world size, and in the same data order on any other.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import signal
@@ -30,6 +31,7 @@ from turnout.report.rundir import RunDir
 from turnout.train.build import Built, build_dataset, build_model
 from turnout.train.dist import DistInfo, all_reduce_mean, init_distributed
 from turnout.train.events import EventLog
+from turnout.train.fingerprint import applies, numerics_fingerprint, read_qualification
 from turnout.train.heal import Healer
 from turnout.train.health import EXIT_HANG, RunUnrecoverable, TargetUntrusted
 from turnout.train.interrupt import Interrupted, SignalStop
@@ -138,10 +140,17 @@ class Trainer:
                          f"{m.step} on (lr there {before:.3g} under the checkpoint's schedule, {now:.3g} now)",
                          changed={k: [v, getattr(t, k)] for k, v in changed.items()}, lr_before=before, lr_now=now)
 
+    @functools.cached_property
+    def fingerprint(self) -> dict:
+        """This run's numerics fingerprint (turnout.train.fingerprint), written into every checkpoint."""
+        b = self.built
+        return numerics_fingerprint(b.inner, b.backend, b.backend.compute_dtype_name(self.config))
+
     def manifest(self) -> Manifest:
         b = self.built
         return Manifest(step=self.step, samples=self.sampler.state_dict()["index"], model_args=b.args.to_dict(),
                         config=self.config.to_dict(), target=b.backend.name, world_size=self.info.world_size,
+                        fingerprint=self.fingerprint,
                         rng=encode_rng(b.backend.get_rng_state()),
                         extra={**self.rollbacks.state(), "recent_losses": self.recent_losses[-16:],
                                "health": self.healer.monitor.state(),
@@ -328,6 +337,16 @@ def record_config(run: RunDir, config: Config, info: DistInfo) -> None:
         dist.barrier()
 
 
+def _read_qualification(config: Config) -> dict | None:
+    """health.qualification's qualify.json (None when unset); an unreadable one is a ConfigError naming the key."""
+    if not config.health.qualification:
+        return None
+    try:
+        return read_qualification(config.health.qualification)
+    except ValueError as e:
+        raise ConfigError(f"health.qualification: {e}") from None
+
+
 def refuse_other_model(manifest: Manifest, args: ModelArgs, folder: Path) -> None:
     """--resume with a config that builds another model (other shapes, layers, experts, ...): one line naming
     the fields that differ, before anything is loaded or written. Kernel choices may differ (a target picks
@@ -351,6 +370,7 @@ def train(config: Config, target: str | Backend | None, run_dir: str | Path, *, 
     info = init_distributed(backend)
     if info.is_main:
         refuse_overwrite(run, resume)
+    qualification = _read_qualification(config)
     built = build_model(config, backend, info)
     dataset = build_dataset(config, built.args, info, log if info.is_main else None)
     trainer = Trainer(config, built, dataset, run.root, log if info.is_main else None)
@@ -380,6 +400,10 @@ def train(config: Config, target: str | Backend | None, run_dir: str | Path, *, 
                         f"({built.active_params:,} active) on {backend.name} x{info.world_size}, "
                         f"{built.dtype}".replace("torch.", ""), world_size=info.world_size,
                         params=built.params, active_params=built.active_params)
+    if qualification is not None:  # a verdict is quoted only for the numerics it saw
+        ok, line = applies(qualification, trainer.fingerprint)
+        trainer.events.emit("qualification", trainer.step, line, applies=ok, verdict=qualification["verdict"],
+                            path=qualification["path"])
     try:
         return trainer.run(until)
     finally:

@@ -47,15 +47,18 @@ class StepResult:
 
 
 def layer_groups(model: torch.nn.Module) -> list[tuple[str, list[torch.nn.Parameter]]]:
-    """Trainable parameters grouped for per-layer gradient norms: embed, layers.i, mtp.k, norm, head."""
+    """Trainable parameters grouped for per-layer gradient norms: embed, layers.i, mtp.k, norm, head (a model with
+    a `layer_group(name)` method, such as a wrapped transformers model, names its own groups)."""
     groups: dict[str, list[torch.nn.Parameter]] = {}
     seen: set[int] = set()
+    group_of = getattr(getattr(model, "module", model), "layer_group", None)
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        parts = name.removeprefix("module.").split(".")
-        key = ".".join(parts[:2]) if parts[0] in ("layers", "mtp") else parts[0]
+        name = name.removeprefix("module.")
+        parts = name.split(".")
+        key = group_of(name) if group_of else ".".join(parts[:2]) if parts[0] in ("layers", "mtp") else parts[0]
         groups.setdefault(key, []).append(p)
     return list(groups.items())
 
