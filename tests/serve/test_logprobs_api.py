@@ -176,6 +176,27 @@ def test_n_samples_use_derived_seeds(client, reference, lm):
         reference(prompt, max_tokens=8, temperature=1.0, seed=7 + i, stop=(CHAT_STOP,)).text for i in range(2)]
 
 
+def test_best_of_returns_the_likeliest_samples(client, reference, lm):
+    """best_of draws best_of samples per prompt (derived seeds, as n does) and returns the n whose tokens' summed
+    logprob is highest, best first; usage counts every sample drawn."""
+    kw = dict(max_tokens=8, temperature=1.0, seed=11)
+    for logprobs in (None, 1):  # ranked by logprobs whether or not the reply carries them
+        r = client.completions.create(model=NAME, prompt=["a", "b"], n=2, best_of=4, logprobs=logprobs, **kw)
+        assert [c.index for c in r.choices] == list(range(4))
+        total = 0
+        for k, p in enumerate(("a", "b")):
+            drawn = [reference(p, max_tokens=8, temperature=1.0, seed=11 + i, logprobs=0) for i in range(4)]
+            score = [sum(t.logprob for t in d.logprobs) for d in drawn]
+            best = sorted(range(4), key=lambda i: score[i], reverse=True)[:2]
+            assert [c.text for c in r.choices[2 * k:2 * k + 2]] == [drawn[i].text for i in best]
+            total += sum(d.completion_tokens for d in drawn)
+        assert (r.choices[0].logprobs is None) is (logprobs is None)
+        assert r.usage.completion_tokens == total  # all eight samples, the dropped ones too
+    for body, why in (({"n": 3, "best_of": 2}, "at least n"), ({"best_of": 2, "stream": True}, "cannot be streamed")):
+        with pytest.raises(openai.BadRequestError, match=why):
+            client.completions.create(model=NAME, prompt="a", max_tokens=2, **body)
+
+
 def test_streaming_carries_logprobs_per_chunk(client):
     body = dict(model=NAME, prompt=[PROMPT, "x"], max_tokens=6, echo=True, logprobs=2, temperature=0, n=2)
     whole = client.completions.create(**body)
@@ -206,7 +227,7 @@ def test_unknown_and_unsupported_fields_are_refused(server, client):
         ("/v1/completions", {"prompt": "x", "logprobs": 21}, "logprobs"),
         ("/v1/completions", {"prompt": "x", "logprobs": True}, "logprobs"),
         ("/v1/completions", {"prompt": "x", "n": 5}, "n"),
-        ("/v1/completions", {"prompt": "x", "best_of": 2}, "best_of"),
+        ("/v1/completions", {"prompt": "x", "best_of": 5}, "best_of"),
         ("/v1/completions", {"prompt": "x", "max_completion_tokens": 2}, "max_completion_tokens"),
         ("/v1/completions", {"prompt": "x", "stream": True, "stream_options": {"include_usage": True, "x": 1}},
          "stream_options"),

@@ -48,6 +48,23 @@ def client(server):
     return openai.OpenAI(base_url=server.base + "/v1", api_key=KEY, max_retries=0, timeout=60)
 
 
+def test_a_message_name_reaches_the_prompt(client, reference):
+    """OpenAI's participant `name` is not ignored: it opens the content in turnout's chat format, and a model's own
+    chat template reads it as the message's name."""
+    from turnout.serve.chat import render_template
+
+    assert render_chat([("user", "Hi!", "alice")]) == "<|user|>\nalice: Hi!\n<|assistant|>\n"
+    tpl = "{% for m in messages %}[{{ m.role }}{% if m.name is defined %} {{ m.name }}{% endif %}]{{ m.content }}" \
+          "{% endfor %}"
+    assert render_template(tpl, [("user", "a", "bob"), ("assistant", "b", None)], None, None) == "[user bob]a[assistant]b"
+    messages = [{"role": "user", "content": "Who goes there?", "name": "Bernardo"}]
+    ref = reference(render_chat([("user", "Who goes there?", "Bernardo")]), max_tokens=8, temperature=0.0,
+                    stop=(CHAT_STOP,))
+    r = client.chat.completions.create(model=NAME, messages=messages, max_tokens=8, temperature=0)
+    assert r.choices[0].message.content == ref.text
+    assert r.usage.prompt_tokens == ref.prompt_tokens  # the name's tokens are in the prompt
+
+
 def test_openai_client_completions_chat_and_streaming(client, reference):
     r = client.completions.create(model=NAME, prompt="ROMEO: what light", max_tokens=12, temperature=0)
     ref = reference("ROMEO: what light", max_tokens=12, temperature=0.0)

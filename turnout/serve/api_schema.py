@@ -4,7 +4,7 @@ Requests validate strictly (no "16" for 16, no true for 1.0, no NaN; JSON has on
 integer 16, as JSON Schema's "integer" says). A field a request does not know is refused with a 400 naming it
 (extra="forbid"), never silently ignored: an option this server does not implement (logit_bias, vLLM's
 prompt_logprobs, tools, ...) must not look as if it took effect. The OpenAI options turnout implements only in
-part are bounded in the schema (penalties 0 only, best_of 1, no suffix). `user` is accepted and has no effect on
+part are bounded in the schema (penalties 0 only, no suffix). `user` is accepted and has no effect on
 the output (OpenAI: an end-user id for abuse monitoring). Extensions beyond OpenAI: top_k (0 or -1: off) and
 ignore_eos, as in vLLM.
 
@@ -102,7 +102,9 @@ class CompletionRequest(SamplingRequest):
     logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS), Integral] | None = Field(
         None, description=f"0..{MAX_LOGPROBS}: each token's logprob and the N likeliest at its position (raw "
                           "model distribution, before temperature/top-k/top-p); null: none")
-    best_of: Annotated[int, Field(ge=1, le=1), Integral] | None = Field(None, description="only 1 is supported")
+    best_of: Annotated[int, Field(ge=1, le=MAX_N), Integral] | None = Field(
+        None, description=f"samples drawn per prompt (n..{MAX_N}, default n); the n whose tokens' summed logprob is "
+                          "highest are returned, best first; not with stream when > n")
     suffix: Annotated[str, Field(max_length=0)] | None = None
 
     def prompts(self) -> list[str | list[int]]:
@@ -126,7 +128,8 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
-    name: str | None = None
+    name: str | None = Field(None, description="the participant's name: opens the content as 'name: ' in turnout's "
+                             "chat format, and is the message's `name` in a model's own chat template")
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)

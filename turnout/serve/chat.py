@@ -8,6 +8,9 @@ Each message becomes a role line and its content, and the prompt ends with an op
     Hi!
     <|assistant|>
 
+A message's `name` (OpenAI's participant name) opens its content as "name: " in this format, and is passed to a
+model's own chat template as the message's `name`.
+
 Roles: system (developer is an alias), user, assistant. The role markers are ordinary text (the tokenizer never
 turns text into special ids), so a model can learn them from data. The assistant's reply ends at the model's
 end-of-text token or at the next role line: CHAT_STOP ("\\n<|") is always added to a chat request's stop strings.
@@ -26,13 +29,18 @@ def role_line(role: str) -> str:
     return f"<|{role}|>\n"
 
 
-def render_chat(messages: Sequence[tuple[str, str]]) -> str:
-    """Prompt text for (role, content) pairs, ending with the assistant's open turn. Roles must be known."""
+Message = tuple[str, str] | tuple[str, str, str | None]  # (role, content) or (role, content, name)
+
+
+def render_chat(messages: Sequence[Message]) -> str:
+    """Prompt text for (role, content[, name]) messages, ending with the assistant's open turn. Roles must be
+    known."""
     parts = []
-    for role, content in messages:
+    for role, content, *name in messages:
         role = ALIASES.get(role, role)
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}; use one of {', '.join(ROLES)} (or developer)")
+        content = f"{name[0]}: {content}" if name and name[0] else content
         parts.append(role_line(role) + content + ("" if content.endswith("\n") else "\n"))
     return "".join(parts) + role_line("assistant")
 
@@ -42,7 +50,7 @@ class TemplatedChat(str):
     encode as their special ids, which text from anywhere else never does."""
 
 
-def render_template(template: str, messages: Sequence[tuple[str, str]], bos_token: str | None,
+def render_template(template: str, messages: Sequence[Message], bos_token: str | None,
                     eos_token: str | None) -> TemplatedChat:
     """The model's chat template (jinja, as transformers runs it: sandboxed, trim_blocks and lstrip_blocks) over
     the messages, ending with the generation prompt. A template error raises ValueError."""
@@ -56,8 +64,13 @@ def render_template(template: str, messages: Sequence[tuple[str, str]], bos_toke
     env.globals["raise_exception"] = raise_exception
     try:
         text = env.from_string(template).render(
-            messages=[{"role": ALIASES.get(r, r), "content": c} for r, c in messages], add_generation_prompt=True,
+            messages=[_template_message(*m) for m in messages], add_generation_prompt=True,
             bos_token=bos_token or "", eos_token=eos_token or "")
     except jinja2.TemplateError as e:
         raise ValueError(f"the model's chat template failed: {e}") from None
     return TemplatedChat(text)
+
+
+def _template_message(role: str, content: str, name: str | None = None) -> dict:
+    """A message as chat templates read it; `name` only when given (templates test `message.name is defined`)."""
+    return {"role": ALIASES.get(role, role), "content": content, **({"name": name} if name else {})}

@@ -45,6 +45,7 @@ from turnout.serve.request import Completion, Event, RequestError
 from turnout.serve.sampling import SamplingParams
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+BEST_OF = "invalid_best_of"  # error code of a best_of the schema admits but n or stream rule out
 UNKNOWN_HINTS = {"prompt_logprobs": " (for the prompt's logprobs send echo: true with logprobs: N)",
                  "max_completion_tokens": " (on /v1/completions: max_tokens)"}
 
@@ -262,6 +263,12 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, t
                     engine.cancel(ids[i])
         return gen()
 
+    def best_samples(candidates: list[Completion], n: int) -> list[Completion]:
+        """best_of: the n samples whose tokens have the highest summed logprob (vLLM's and OpenAI's rule), best
+        first; ties keep sample order."""
+        score = lambda c: sum(t.logprob for t in c.logprobs if t.logprob is not None)  # noqa: E731
+        return sorted(candidates, key=score, reverse=True)[:n]
+
     def usage(finals: list[Event | Completion], n: int) -> dict:
         """finals in choice order (n per prompt): each prompt counts once, every sample's tokens count."""
         p = sum(f.prompt_tokens for f in finals[::n])
@@ -284,11 +291,18 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, t
     async def completions(req: CompletionRequest):
         check_model(req)
         n, want = req.n, req.logprobs is not None
+        best = req.best_of or n
+        if best < n:
+            raise ApiError(400, f"best_of ({best}) must be at least n ({n})", param="best_of", code=BEST_OF)
+        if best > n and req.stream:
+            raise ApiError(400, "best_of > n cannot be streamed: the best samples are known only at the end",
+                           param="best_of", code=BEST_OF)
         max_tokens = COMPLETION_DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens
-        params = params_for(req, max_tokens, logprobs=req.logprobs,
+        # best_of ranks samples by their tokens' summed logprob, so it needs them even when the reply does not
+        params = params_for(req, max_tokens, logprobs=req.logprobs if want or best == n else 0,
                             prompt_logprobs=req.logprobs if req.echo else None)
         prompts = req.prompts()
-        jobs = samples(await prepare(prompts, params, fit=req.max_tokens is None), n)
+        jobs = samples(await prepare(prompts, params, fit=req.max_tokens is None), best)
         echo = [(p if isinstance(p, str) else engine.tokenizer.decode(p)) if req.echo else "" for p in prompts]
         legacy = [LegacyLogprobs(token_text, echo[k // n] if req.echo else None) for k in range(len(jobs))]
         rid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
@@ -299,9 +313,12 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, t
 
         if not req.stream:
             done = await collect(jobs)
+            use = usage(done, best)  # every sample's tokens count, the ones best_of drops too
+            if best > n:
+                done = [c for k in range(len(prompts)) for c in best_samples(done[k * best:(k + 1) * best], n)]
             return chunk([{"index": k, "text": echo[k // n] + c.text, "finish_reason": c.finish_reason,
                            "logprobs": legacy[k].shape(c.prompt_logprobs, c.logprobs) if want else None}
-                          for k, c in enumerate(done)], usage(done, n))
+                          for k, c in enumerate(done)], use)
 
         stream = await events(jobs)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -330,7 +347,7 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, t
         want, n = bool(req.logprobs), req.n
         if req.top_logprobs is not None and not want:
             raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
-        messages = [(m.role, m.text()) for m in req.messages]
+        messages = [(m.role, m.text(), m.name) for m in req.messages]
         sp = engine.tokenizer.specials
         if sp.chat_template is None:  # turnout's plain-text roles; a reply ends at the next role line too
             prompt, chat_stop = render_chat(messages), (CHAT_STOP,)
