@@ -7,9 +7,9 @@ model's repeated block list, found generically (the `nn.ModuleList` of identical
 parameters), `new_cache` / `forward(cache=...)` run a prefill and decode steps on the model's own KV cache, and
 `layer_group` names each parameter's group for per-layer gradient norms (embed, layers.i, norm, head, ...).
 
-Kernel choices are the model's own (`attn_implementation`, `experts_implementation`), read from its config and
-set with `set_kernels`; they are part of what a qualification covers. Imports transformers only when a model is
-loaded (`load_hf_causal_lm`), so turnout works without it.
+Kernel choices are the model's own (`attn_implementation`, `experts_implementation`, as transformers picks them
+when it loads the model); they are part of what a qualification covers. Imports transformers only when a model
+is loaded (`load_hf_causal_lm`), so turnout works without it.
 """
 
 from __future__ import annotations
@@ -89,14 +89,6 @@ class HFCausalLM(nn.Module):
         if any(hasattr(m, "_apply_gate") for m in self.hf.modules()):  # transformers' pluggable experts
             out["experts_implementation"] = str(getattr(c, "_experts_implementation", None) or "eager")
         return out
-
-    def set_kernels(self, attn: str | None = None, experts: str | None = None) -> HFCausalLM:
-        """Choose the attention ('eager', 'sdpa', ...) and experts ('eager', 'grouped_mm', ...) implementations."""
-        if attn:
-            self.hf.set_attn_implementation(attn)
-        if experts and "experts_implementation" in self.kernels:
-            self.hf.set_experts_implementation(experts)
-        return self
 
     def layer_group(self, name: str) -> str:
         """The gradient-norm group of parameter `name` (as named_parameters of this module names it)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from turnout.backend import Backend
+from turnout.report.rundir import QualifyDir
 
 #: config keys of a transformers model that change no number it computes
 _HF_NOT_MODEL = ("architectures", "transformers_version", "torch_dtype", "dtype", "_name_or_path", "use_cache",
@@ -68,7 +69,7 @@ def differences(qualified: dict, ours: dict) -> list[str]:
 def read_qualification(path: str | Path) -> dict:
     """qualify.json (or the folder holding it) as a dict; ValueError naming the file when it is not one."""
     p = Path(path).expanduser()
-    p = p / "qualify.json" if p.is_dir() else p
+    p = QualifyDir(p).result if p.is_dir() else p
     try:
         doc = json.loads(p.read_text())
     except (OSError, ValueError) as e:
@@ -84,7 +85,7 @@ def read_qualification(path: str | Path) -> dict:
 def applies(qualification: dict, ours: dict) -> tuple[bool, str]:
     """(whether the verdict applies, one line saying so) for a run or server with fingerprint `ours`."""
     why = differences(qualification["fingerprint"], ours)
-    where = qualification.get("path", "qualify.json")
+    where = qualification.get("path", "the qualification")
     if not why:
         return True, (f"qualification {qualification['verdict']} of {qualification.get('target')} ({where}) applies "
                       f"to this model, kernels, dtype, device and software")
