@@ -10,6 +10,14 @@ from turnout.errors import TargetError
 
 DEVICES = ("cpu", "cuda", "npu", "xpu", "mps", "sim")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """A compute dtype's short name (fp32, bf16, fp16), as specs, configs and fingerprints write it; torch's own
+    name for any other dtype."""
+    return next((n for n, d in DTYPES.items() if d == dtype), str(dtype))
+
+
 VALID_FORMS = ("cpu", "cpu:fp32", "cpu:bf16", "cuda", "cuda:bf16", "npu:bf16", "xpu", "mps",
                "sim:<profile name or path/to/profile.toml>[:dtype]")
 

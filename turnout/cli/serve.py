@@ -73,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
     _check_bind(args.host, args.port)
     lm = load_for_serving(args.model, target, trained_on=trained_on)
     if qualification is not None:  # a verdict is quoted only for the numerics it saw
+        from turnout.backend.spec import dtype_name
         from turnout.train.fingerprint import applies, numerics_fingerprint
-        _ok, line = applies(qualification, numerics_fingerprint(lm.model, lm.backend, _dtype_name(lm.dtype)))
+        _ok, line = applies(qualification, numerics_fingerprint(lm.model, lm.backend, dtype_name(lm.dtype)))
         print(line, flush=True)
     context = args.max_context or min(lm.model.args.max_seq_len, 8192)
     engine = build_engine(lm, args, max_batch=args.max_batch, max_context=context)
@@ -90,11 +91,6 @@ def run(args: argparse.Namespace) -> int:
     serve(engine, name, host=args.host, port=args.port, api_key=key, target=lm.backend.name, dtype=dtype,
           log_level=args.log_level, max_body_bytes=args.max_body_bytes)
     return 0
-
-
-def _dtype_name(dtype) -> str:
-    from turnout.backend.spec import DTYPES
-    return next((n for n, d in DTYPES.items() if d == dtype), str(dtype).removeprefix("torch."))
 
 
 def _check_bind(host: str, port: int) -> None:

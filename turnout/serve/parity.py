@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from turnout.backend.spec import dtype_name
 from turnout.ckpt import read_manifest
 from turnout.config import from_dict
 from turnout.data import DataError, load_shakespeare, prepare_dataset
@@ -182,4 +183,4 @@ def run_parity(model: str | Path, a: str, b: str, *, model_b: str | Path | None 
 
 
 def _dt(lm: LoadedModel) -> str:
-    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(lm.dtype, str(lm.dtype))
+    return dtype_name(lm.dtype)
