@@ -22,6 +22,6 @@ def covers(work: Workload, ops: StageResult | None, target: Backend, config: Con
     inference = sorted({r["packet"] for r in rows if "inference" in r["uses"]})
     return {"model": model, "kernels": model["kernels"], "dtype": dtype,
             "ops": {"training": training, "inference": inference, "distinct_calls": len(rows)},
-            "fingerprint": numerics_fingerprint(work.host_model(), target, dtype),
+            "fingerprint": numerics_fingerprint(work.shape_model(), target, dtype),
             "note": "the verdict covers these ops as this model calls them with these kernels; a run or server "
                     "whose fingerprint differs is not covered by it"}

@@ -120,12 +120,18 @@ class Workload:
             load_init_weights(model, self.config)
         return model
 
+    def shape_model(self) -> Transformer | HFCausalLM:
+        """The model as far as its architecture and kernels go, without reading or copying weights (turnout's on
+        the meta device): what describe and the numerics fingerprint need."""
+        if self.foreign is not None:
+            return self.foreign
+        with torch.device("meta"):
+            return Transformer(self.args)
+
     def describe(self) -> dict:
         """What is qualified: the architecture, where it came from, its kernel choices, size and block count."""
-        model = self.foreign
-        if model is None:
-            with torch.device("meta"):
-                model = Transformer(self.args)
+        model = self.shape_model()
+        if self.foreign is None:
             source = f"model.init {self.config.model.init}" if self.config.model.init else \
                 f"preset {self.config.model.preset}"
         else:
