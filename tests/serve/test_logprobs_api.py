@@ -134,6 +134,24 @@ def test_echo_and_max_tokens_zero_score_the_prompt(client, lm, forward, referenc
     assert r.choices[0].text == PROMPT and r.choices[0].logprobs is None and r.usage.completion_tokens == 0
 
 
+def test_tokens_as_token_ids_name_every_token_exactly(client, lm):
+    """vLLM's return_tokens_as_token_ids: "token_id:N" for every token, chosen and alternatives, on both routes;
+    values and offsets as without it."""
+    ids = lm.tokenizer.encode(PROMPT)
+    kw = dict(model=NAME, prompt=PROMPT, max_tokens=4, echo=True, logprobs=3, temperature=0)
+    plain = client.completions.create(**kw).choices[0].logprobs
+    named = client.completions.create(**kw, extra_body={"return_tokens_as_token_ids": True}).choices[0].logprobs
+    assert named.tokens[:len(ids)] == [f"token_id:{i}" for i in ids]
+    assert all(t.startswith("token_id:") for d in named.top_logprobs[1:] for t in d)
+    assert named.token_logprobs == plain.token_logprobs and named.text_offset == plain.text_offset
+    assert [sorted(d.values()) for d in named.top_logprobs[1:]] == [sorted(d.values()) for d in plain.top_logprobs[1:]]
+    r = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Who?"}], max_tokens=3,
+                                       temperature=0, logprobs=True, top_logprobs=2,
+                                       extra_body={"return_tokens_as_token_ids": True})
+    assert all(e.token.startswith("token_id:") and all(t.token.startswith("token_id:") for t in e.top_logprobs)
+               for e in r.choices[0].logprobs.content)
+
+
 def test_chat_logprobs_and_top_logprobs(client, lm, reference, forward):
     tt = TokenText(lm.tokenizer)
     messages = [{"role": "user", "content": "Who goes there?"}]

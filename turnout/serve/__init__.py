@@ -5,7 +5,8 @@ Files: loader (checkpoint or HF dir + tokenizer onto a target, weight hashes), s
 generators), stops (incremental detokenisation, stop strings), request (events, results, handles), engine (the
 continuous-batching scheduler and its model thread), chat (the chat template), api_schema (request/response
 bodies), limits (body and prompt sizes, refused before any work), openapi (the served schema), server (FastAPI app +
-uvicorn), parity (the measurements), certificate (pass rule, certificate files, --require-certificate).
+uvicorn), parity (the measurements), endpoint (an OpenAI-compatible server as a parity side), endpoint_parity
+(the measurements through its top-k view), certificate (pass rule, certificate files, --require-certificate).
 """
 
 from turnout.serve.certificate import CertificateError, make_certificate, require_certificate

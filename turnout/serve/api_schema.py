@@ -6,7 +6,7 @@ integer 16, as JSON Schema's "integer" says). A field a request does not know is
 prompt_logprobs, tools, ...) must not look as if it took effect. The OpenAI options turnout implements only in
 part are bounded in the schema (penalties 0 only, no suffix). `user` is accepted and has no effect on
 the output (OpenAI: an end-user id for abuse monitoring). Extensions beyond OpenAI: top_k (0 or -1: off) and
-ignore_eos, as in vLLM.
+ignore_eos and return_tokens_as_token_ids, as in vLLM.
 
 Log-probabilities (turnout.serve.logprobs): /v1/completions `logprobs: N` (0..MAX_LOGPROBS) returns OpenAI's
 legacy object, and with `echo` the prompt's too; chat `logprobs: true` with `top_logprobs: N` returns the chat
@@ -82,6 +82,8 @@ class SamplingRequest(BaseModel):
     frequency_penalty: Annotated[float, Field(ge=0, le=0)] = Field(0.0, description="only 0 is supported")
     user: str | None = Field(None, description="accepted, no effect on the output (an end-user id)")
     ignore_eos: bool = False
+    return_tokens_as_token_ids: bool = Field(
+        False, description="tokens in logprobs are written 'token_id:N' (vLLM's extension): exact for any token")
 
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

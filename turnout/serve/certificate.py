@@ -25,6 +25,10 @@ silently looser limit. Greedy continuations are reported, not
 judged: near ties make them diverge legitimately. The sha256 binds the certificate to the weights; small weight
 perturbations (1% noise in one tensor: ~7e-6) are below what logit parity can see and are caught by the hash.
 
+Against an endpoint (`--b openai:URL`, endpoint_parity.py) the same rule reads the numbers of a top-K view: KL is
+then a lower bound, and the endpoint's side must also pass the tokenizer check. Its precision class comes from
+the dtype the endpoint is declared to compute in (`--endpoint-dtype`, fp32 unless stated: the strict class).
+
 A certificate is valid for serving weights W on target T when it passed (under these thresholds, re-checked on
 read), one side is (T, sha256 of W), and the other side's target is the one W was trained on.
 """
@@ -77,6 +81,10 @@ def judge(report: dict) -> tuple[bool, str, list[dict]]:
         _check("mean_kl", num("mean_kl"), "<=", lim["mean_kl_max"]),
         _check("rel_mean_abs_diff", num("rel_mean_abs_diff"), "<=", lim["rel_mean_abs_diff_max"]),
     ]
+    if "tokenizer" in report:  # an endpoint side: its tokenizer must make the model's ids
+        tok = report["tokenizer"] if isinstance(report["tokenizer"], dict) else {}
+        checks.insert(0, {"name": "tokenizer", "value": tok.get("ok") is True, "ok": tok.get("ok") is True,
+                          "rule": "the endpoint tokenizes text into the model's ids"})
     return all(c["ok"] for c in checks), cls, checks
 
 
@@ -132,6 +140,8 @@ def read_certificate(path: str | Path) -> dict:
 def why_unusable(cert: dict, identity: ModelIdentity, target: str, trained_on: str) -> str | None:
     """None when `cert` lets `identity`'s weights serve on `target`; else the reason."""
     try:
+        if "endpoint" in (cert["a"].get("kind"), cert["b"].get("kind")):
+            return "certifies an inference endpoint, not a target turnout serves on"
         sides = {canonical_spec(cert["a"]["target"]): cert["a"], canonical_spec(cert["b"]["target"]): cert["b"]}
         if set(sides) != {target, trained_on}:
             return f"compares {cert['a']['target']} with {cert['b']['target']}"

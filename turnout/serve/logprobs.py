@@ -7,13 +7,15 @@ and a prompt scored twice gets the same values. `token_logprobs` scores a batch 
 
 Token text: `TokenText` knows each id's exact bytes (byte-level BPE: the vocabulary entry mapped back to bytes;
 special tokens: their name). A token whose bytes are not whole UTF-8 characters is written `bytes:\\xe2\\x80`
-(OpenAI's convention). A token's `text_offset` is the character offset where it starts in the choice's text,
+(OpenAI's convention); with `return_tokens_as_token_ids` (vLLM's extension) every token is written `token_id:N`,
+which names it exactly whatever its bytes. A token's `text_offset` is the character offset where it starts in the choice's text,
 decoded from the bytes (`TextOffsets`), so it is exact for any text.
 """
 
 from __future__ import annotations
 
 import codecs
+import copy
 import json
 from dataclasses import dataclass
 
@@ -102,12 +104,21 @@ class TokenText:
         for t in spec.get("added_tokens") or ():  # special tokens: their name
             self._bytes[t["id"]] = t["content"].encode()
         self._decode = tokenizer.decode
+        self.as_ids = False
+
+    def with_ids(self) -> "TokenText":
+        """The same tokens, written `token_id:N` (their bytes, and so the text offsets, unchanged)."""
+        twin = copy.copy(self)
+        twin.as_ids = True
+        return twin
 
     def bytes(self, token: int) -> bytes:
         b = self._bytes.get(token)
         return b if b is not None else self._decode([token]).encode("utf-8", "surrogatepass")
 
     def text(self, token: int) -> str:
+        if self.as_ids:
+            return f"token_id:{token}"
         b = self.bytes(token)
         try:
             return b.decode("utf-8")

@@ -163,23 +163,25 @@ def run_parity(model: str | Path, a: str, b: str, *, model_b: str | Path | None 
                             greedy_continuations(lm_b, prompts, s.new_tokens))
     greedy.update(prompt_tokens=prompts.shape[1], new_tokens=s.new_tokens)
 
-    def side(lm: LoadedModel) -> dict:
-        i = lm.identity
-        return {"target": lm.backend.name, "dtype": _dt(lm), "device": lm.backend.device_name(),
-                "model": str(i.folder), "kind": i.kind, "sha256": i.sha256,
-                "fingerprint": numerics_fingerprint(lm.model, lm.backend, _dt(lm))}
-
     return {
         "model": {"path": str(Path(model).resolve()), "name": lm_a.identity.name, "kind": lm_a.identity.kind,
                   "sha256": lm_a.identity.sha256, "trained_on": lm_a.identity.trained_on},
-        "a": side(lm_a),
-        "b": side(lm_b),
+        "a": local_side(lm_a),
+        "b": local_side(lm_b),
         "text": {"source": source, "sequences": int(seqs.shape[0]), "seq_len": int(seqs.shape[1]),
                  "tokens": int(seqs.numel())},
         "settings": asdict(s),
         "teacher_forced": tf,
         "greedy": greedy,
     }
+
+
+def local_side(lm: LoadedModel) -> dict:
+    """What a certificate records of a side run in this process."""
+    i = lm.identity
+    return {"target": lm.backend.name, "dtype": _dt(lm), "device": lm.backend.device_name(),
+            "model": str(i.folder), "kind": i.kind, "sha256": i.sha256,
+            "fingerprint": numerics_fingerprint(lm.model, lm.backend, _dt(lm))}
 
 
 def _dt(lm: LoadedModel) -> str:

@@ -304,7 +304,8 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, t
         prompts = req.prompts()
         jobs = samples(await prepare(prompts, params, fit=req.max_tokens is None), best)
         echo = [(p if isinstance(p, str) else engine.tokenizer.decode(p)) if req.echo else "" for p in prompts]
-        legacy = [LegacyLogprobs(token_text, echo[k // n] if req.echo else None) for k in range(len(jobs))]
+        tt = token_text.with_ids() if req.return_tokens_as_token_ids else token_text
+        legacy = [LegacyLogprobs(tt, echo[k // n] if req.echo else None) for k in range(len(jobs))]
         rid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(choices: list[dict], use: dict | None = None) -> dict:
@@ -362,6 +363,7 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, t
         params = params_for(req, asked or engine.default_max_tokens, chat_stop,
                             logprobs=(req.top_logprobs or 0) if want else None)
         jobs = samples(await prepare([prompt], params, fit=asked is None), n)
+        tt = token_text.with_ids() if req.return_tokens_as_token_ids else token_text
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(choices: list[dict], use: dict | None = None) -> dict:
@@ -373,7 +375,7 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, t
             done = await collect(jobs)
             return {"id": rid, "object": "chat.completion", "created": now, "model": model_name,
                     "choices": [{"index": k, "message": {"role": "assistant", "content": c.text},
-                                 "logprobs": {"content": chat_shape(c.logprobs, token_text)} if want else None,
+                                 "logprobs": {"content": chat_shape(c.logprobs, tt)} if want else None,
                                  "finish_reason": c.finish_reason} for k, c in enumerate(done)],
                     "usage": usage(done, n)}
 
@@ -389,7 +391,7 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None, t
                 if ev.finish_reason == "error":
                     raise ApiError(500, f"generation failed on the target: {ev.error}", "server_error")
                 if ev.text or (want and ev.logprobs):
-                    lp = {"content": chat_shape(ev.logprobs or [], token_text)} if want else None
+                    lp = {"content": chat_shape(ev.logprobs or [], tt)} if want else None
                     yield chunk([{"index": k, "delta": {"content": ev.text}, "logprobs": lp, "finish_reason": None}])
                 if ev.finish_reason:
                     yield chunk([{"index": k, "delta": {}, "logprobs": None, "finish_reason": ev.finish_reason}])
