@@ -243,7 +243,7 @@ class Guard:
         self.step_count = step
         self._record(outcome.result, time.perf_counter() - t0)
         if self.snapshot_every and step % self.snapshot_every == 0:
-            self.snapshots.add(Snapshot.take(step, self.batches_seen, self.model, self.optimizer, self.lr_scheduler))
+            self.snapshots.take(step, self.batches_seen, self.model, self.optimizer, self.lr_scheduler)
         if self.checkpoint_every and step % self.checkpoint_every == 0:
             self.save()
         return GuardStep(step, outcome.result.loss, True, outcome.result.grad_norm, events=self.events.recent)

@@ -101,6 +101,7 @@ class ClosureRunner:
         self.backend = backend
         self.grad_clip = grad_clip
         self.groups = module_groups(self.inner)
+        self._trainable = [p for p in model.parameters() if p.requires_grad]
         self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         self.sharded = any(type(p).__name__ == "DTensor" for _, ps in self.groups for p in ps)  # FSDP2
         self.checksums = ChecksumMode() if checksums else None
@@ -132,7 +133,7 @@ class ClosureRunner:
         if not torch.is_tensor(loss) or loss.numel() != 1:
             what = f"a tensor of shape {list(loss.shape)}" if torch.is_tensor(loss) else type(loss).__name__
             raise ValueError(f"the step closure must return the scalar loss (a one-element tensor); it returned {what}")
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = self._trainable if model is self.model else [p for p in model.parameters() if p.requires_grad]
         if loss.requires_grad and all(p.grad is None for p in params):
             loss.backward()  # a closure that stops at the loss: its backward runs here, under the same checks
         if params and all(p.grad is None for p in params):
@@ -207,13 +208,18 @@ class ClosureRunner:
 
 def grad_norms(groups, sharded: bool, world: int, device: torch.device) -> dict[str, float]:
     """Per-group gradient L2 norms, global over ranks; NaN/inf propagate so the monitor sees them."""
-    sq = []
-    for _, params in groups:  # on the device, read back once: no host synchronisation per group
-        grads = [local_shard(p.grad).float() for p in params if p.grad is not None]
-        sq.append(torch.stack([g.pow(2).sum() for g in grads]).sum() if grads else torch.zeros((), device=device))
-    if not sq:
+    if not groups:
         return {}
-    sq = torch.stack([t.to(device) for t in sq]).to(torch.float64)
+    grads, owner = [], []  # every gradient, and the group it belongs to
+    for k, (_, params) in enumerate(groups):
+        for p in params:
+            if p.grad is not None:
+                grads.append(local_shard(p.grad))
+                owner.append(k)
+    sq = torch.zeros(len(groups), dtype=torch.float64, device=device)
+    if grads:  # one fused norm per gradient, summed per group on the device; read back once
+        norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32)).to(device, torch.float64)
+        sq.index_add_(0, torch.tensor(owner, device=device), norms * norms)
     if sharded and world > 1:
         dist.all_reduce(sq, op=dist.ReduceOp.SUM)
     return {name: math.sqrt(v) if v >= 0 else float("nan") for (name, _), v in zip(groups, sq.cpu().tolist())}

@@ -61,17 +61,37 @@ class Snapshot:
 
     @classmethod
     def take(cls, step: int, batches: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-             scheduler: Any) -> "Snapshot":
+             scheduler: Any, into: "Snapshot | None" = None) -> "Snapshot":
+        """A copy of the current state; `into`, a snapshot being dropped, lends its tensors as the buffers (no
+        fresh allocation of model-sized memory every snapshot, which glibc returns and re-faults each time)."""
         with torch.no_grad():
-            weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        return cls(step, batches, weights, copy.deepcopy(optimizer.state_dict()), scheduler_state(scheduler))
+            weights = _copy_tree(model.state_dict(), into.model if into else None)
+            opt = _copy_tree(optimizer.state_dict(), into.optimizer if into else None)
+        return cls(step, batches, weights, opt, scheduler_state(scheduler))
 
     def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
         with torch.no_grad():
             model.load_state_dict(self.model)
-        optimizer.load_state_dict(copy.deepcopy(self.optimizer))
+        optimizer.load_state_dict(_copy_tree(self.optimizer, None))
         if scheduler is not None and self.scheduler is not None:
             scheduler.load_state_dict(copy.deepcopy(self.scheduler))
+
+
+def _copy_tree(src: Any, into: Any) -> Any:
+    """A deep copy of a state dict: tensors copied into `into`'s tensor at the same place when it has the same
+    shape, dtype and device, else cloned; other values deep-copied."""
+    if torch.is_tensor(src):
+        if torch.is_tensor(into) and into.shape == src.shape and into.dtype == src.dtype \
+                and into.device == src.device and into.layout == src.layout and not into.is_sparse:
+            return into.copy_(src.detach())
+        return src.detach().clone()
+    if isinstance(src, dict):
+        other = into if isinstance(into, dict) else {}
+        return {k: _copy_tree(v, other.get(k)) for k, v in src.items()}
+    if isinstance(src, (list, tuple)):
+        other = into if isinstance(into, (list, tuple)) and len(into) == len(src) else [None] * len(src)
+        return type(src)(_copy_tree(v, o) for v, o in zip(src, other))
+    return copy.deepcopy(src)
 
 
 class Snapshots:
@@ -80,6 +100,17 @@ class Snapshots:
     def __init__(self, keep: int):
         self.keep = keep
         self.items: list[Snapshot] = []
+
+    def take(self, step: int, batches: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             scheduler: Any) -> None:
+        """Keep the current state, in the buffers of the snapshot it pushes out (when one goes)."""
+        if not self.keep:
+            return
+        kept = [s for s in self.items if s.step < step]
+        out = kept[0] if len(kept) >= self.keep else None
+        if out is not None:
+            self.items.remove(out)
+        self.add(Snapshot.take(step, batches, model, optimizer, scheduler, into=out))
 
     def add(self, snap: Snapshot) -> None:
         if self.keep:
