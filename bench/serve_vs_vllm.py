@@ -4,9 +4,12 @@ first token, greedy agreement, and the parity certificate of vLLM against turnou
     python bench/serve_vs_vllm.py [--vllm-python PATH] [--preset tiny] [--shape tiny|deepseek] [--batches 1,8,32]
                                   [--prompt-len 32] [--new-tokens 64] [--repeats 3] [--threads 1]
 
-One random model (seeded, mtp off) and a 4096-token tokenizer are written as an HF directory that both servers
-load in fp32. `--shape deepseek` widens the latent to DeepSeek-V3's (kv_lora_rank 512, qk_rope_head_dim 64), the
-only one vLLM's MLA kernels take; with any other shape vLLM runs with VLLM_MLA_DISABLE=1 (full per-head K/V).
+One random model (seeded, mtp off) and a 4096-token tokenizer are written as an HF directory that both servers load
+in fp32 (`--dtype bf16`: both in bf16; vLLM's certificate is then judged in the low-precision class against
+turnout's fp32 cpu reference). `--shape deepseek` widens the latent to DeepSeek-V3's (kv_lora_rank 512,
+qk_rope_head_dim 64), the only one vLLM's MLA kernels take (and only in bf16/fp16, so that shape runs in bf16); with
+any other shape vLLM runs with VLLM_MLA_DISABLE=1 (full per-head K/V).
+
 Each server runs alone (one at a time, `--threads` threads each: OMP_NUM_THREADS for turnout, VLLM_CPU_OMP_THREADS_BIND
 for vLLM) and gets the same requests: for batch B, B concurrent /v1/completions of random prompt ids, greedy, eos
 ignored, exactly N new tokens. tokens/s = B x N / (wall time from sending the first request to the last answer),
@@ -155,9 +158,13 @@ def main():
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dtype", default=None, choices=("fp32", "bf16"),
+                   help="what both servers compute in (default fp32; bf16 with --shape deepseek, whose MLA kernels in "
+                        "vLLM take no fp32 weights)")
     p.add_argument("--out", default=None, help="folder for the server logs and vLLM's parity certificate")
     opts = p.parse_args()
     vpy = opts.vllm_python or sys.executable
+    dtype = opts.dtype or ("bf16" if opts.shape == "deepseek" else "fp32")
     if subprocess.run([vpy, "-c", "import vllm"], capture_output=True).returncode != 0:
         print(f"vllm is not importable by {vpy}; nothing to compare (see this script's doc for the install)")
         return 0
@@ -175,12 +182,13 @@ def main():
                for B in batches}
     env = dict(os.environ, OMP_NUM_THREADS=str(opts.threads))
     print(f"preset {opts.preset}, shape {opts.shape} (kv_lora_rank {args.kv_lora_rank}, qk_rope_head_dim "
-          f"{args.qk_rope_head_dim}), fp32, prompt {opts.prompt_len} + {N} new tokens, greedy, {opts.threads} "
+          f"{args.qk_rope_head_dim}), {dtype}, prompt {opts.prompt_len} + {N} new tokens, greedy, {opts.threads} "
           f"thread(s) per server, torch {torch.__version__}; files in {out}")
 
     results = {}
     port = free_port()
-    s = Server([sys.executable, "-m", "turnout", "serve", "--model", str(model_dir), "--target", "cpu", "--port",
+    target = "cpu" if dtype == "fp32" else "cpu:bf16"
+    s = Server([sys.executable, "-m", "turnout", "serve", "--model", str(model_dir), "--target", target, "--port",
                 str(port), "--model-name", NAME, "--max-batch", str(max(batches)), "--max-context", str(ctx)],
                env, port, out / "turnout.log")
     try:
@@ -194,8 +202,9 @@ def main():
         venv["VLLM_MLA_DISABLE"] = "1"  # its MLA kernels take only a 576-wide latent (512 + 64)
     port = free_port()
     v = Server([vpy, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--served-model-name",
-                NAME, "--dtype", "float32", "--max-model-len", str(ctx), "--max-num-seqs", str(max(batches)),
-                "--port", str(port), "--max-logprobs", "20"], venv, port, out / "vllm.log")
+                NAME, "--dtype", "float32" if dtype == "fp32" else "bfloat16", "--max-model-len", str(ctx),
+                "--max-num-seqs", str(max(batches)), "--port", str(port), "--max-logprobs", "20"], venv, port,
+               out / "vllm.log")
     try:
         results["vllm"] = measure(v.base, prompts, N, opts.repeats)
         from turnout.serve.certificate import make_certificate, write_certificate
@@ -203,7 +212,7 @@ def main():
 
         torch.set_num_threads(opts.threads)
         cert = make_certificate(run_endpoint_parity(model_dir, "cpu", f"openai:{v.base}", trained_on="cpu",
-                                                    log=print))
+                                                    endpoint_dtype=dtype, log=print))
         path = write_certificate(cert, out / "parity-cpu-vs-vllm.json")
     finally:
         v.close()
