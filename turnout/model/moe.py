@@ -84,6 +84,12 @@ class Experts(nn.Module):
         order = indices.flatten().argsort(stable=True)  # [N*k] (token, slot) pairs sorted by expert
         token = order // k
         xs = x.index_select(0, token)  # [N*k, dim]; its backward is an index_add, not a sorting index_put
+        o = self.compute(xs, counts)
+        o = o * weights.flatten().index_select(0, order).unsqueeze(-1).to(o.dtype)
+        return torch.zeros_like(x).index_add_(0, token, o)
+
+    def compute(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """xs [R, dim] rows sorted by expert, counts [E] rows per expert -> each row through its expert [R, dim]."""
         if self.impl == "grouped":
             offs = counts.cumsum(0).to(torch.int32)  # end row of each expert's group
             h = torch._grouped_mm(xs, self.w13.transpose(1, 2), offs=offs)  # [N*k, 2*inter]
@@ -97,8 +103,7 @@ class Experts(nn.Module):
                     outs.append(F.linear(F.silu(g) * u, self.w2[e]))
                     start += c
             o = torch.cat(outs) if len(outs) > 1 else outs[0] if outs else xs[:0]
-        o = o * weights.flatten().index_select(0, order).unsqueeze(-1).to(o.dtype)
-        return torch.zeros_like(x).index_add_(0, token, o)
+        return o
 
 
 class MoE(nn.Module):

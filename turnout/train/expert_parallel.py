@@ -1,0 +1,100 @@
+"""Expert parallelism for DeepSeekMoE on torch.distributed: each MoE layer's routed experts split over the ranks of
+an expert-parallel group, tokens sent to the ranks that hold their experts and back with `all_to_all_single`.
+
+Per layer and step, with ep ranks in the group and E/ep experts on each (rank r holds experts r*E/ep ...):
+
+  1. each rank sorts its (token, slot) rows by expert, as the one-device path does: rows for rank d are contiguous;
+  2. the per-expert row counts go through one all_to_all_single (E integers per rank): every rank learns how
+     many rows each peer sends for each of its experts, so the splits may be uneven;
+  3. the rows themselves go through all_to_all_single (autograd-aware: its backward is the reverse exchange),
+     are regrouped by local expert, run as one grouped product (or the expert loop), ungrouped, and go back the
+     same way; the router weights and the scatter-add into the tokens stay on the token's own rank.
+
+The gate, shared experts, attention and everything else stay replicated (data-parallel); only the routed
+experts' weights are split. Gradients: a local expert's weight gradient sums the contributions of every rank's
+tokens, i.e. it is the gradient of the SUM of the group's per-rank losses. Data parallelism averages the others'
+gradients over the ranks, so a training step divides the experts' by the number of ranks averaged over
+(`scale_expert_grads`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+from torch import nn
+
+from turnout.model.moe import Experts, MoE
+
+
+class ExpertParallelExperts(Experts):
+    """The local E/ep experts of one layer (w13 [E/ep, 2*inter, dim], w2 [E/ep, dim, inter]) behind Experts'
+    interface: forward(x, weights, indices, counts) with global expert indices and counts [E]."""
+
+    def __init__(self, full: Experts, group: dist.ProcessGroup | None = None):
+        nn.Module.__init__(self)
+        self.group = group
+        self.ep = dist.get_world_size(group)
+        rank = dist.get_rank(group)
+        E = full.n_experts
+        if E % self.ep:
+            raise ValueError(f"{E} routed experts cannot be split evenly over {self.ep} expert-parallel ranks")
+        self.n_global, self.n_experts, self.inter_dim = E, E // self.ep, full.inter_dim
+        self.first = rank * self.n_experts
+        sl = slice(self.first, self.first + self.n_experts)
+        self.w13 = nn.Parameter(full.w13.detach()[sl].clone())
+        self.w2 = nn.Parameter(full.w2.detach()[sl].clone())
+        self.impl = full.impl
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
+                counts: torch.Tensor) -> torch.Tensor:
+        ep, local = self.ep, self.n_experts
+        k = indices.shape[1]
+        order = indices.flatten().argsort(stable=True)  # [N*k] rows sorted by global expert, so by owner rank
+        token = order // k
+        xs = x.index_select(0, token)  # [N*k, dim]
+        recv = torch.empty_like(counts)
+        dist.all_to_all_single(recv, counts, group=self.group)  # [ep * local]: rows each peer sends per expert
+        recv = recv.view(ep, local)  # [source rank, local expert]
+        send_splits = counts.view(ep, local).sum(1).tolist()
+        recv_splits = recv.sum(1).tolist()
+        got = _exchange(xs, recv_splits, send_splits, self.group)  # rows by (source, local expert)
+        expert_of = torch.repeat_interleave(torch.arange(local, device=x.device).repeat(ep), recv.flatten())
+        group_order = expert_of.argsort(stable=True)  # [R]: the received rows grouped by local expert
+        h = self.compute(got.index_select(0, group_order), recv.sum(0))
+        h = h.index_select(0, group_order.argsort())  # back to (source, local expert) order
+        o = _exchange(h, send_splits, recv_splits, self.group)
+        o = o * weights.flatten().index_select(0, order).unsqueeze(-1).to(o.dtype)
+        return torch.zeros_like(x).index_add_(0, token, o)
+
+
+def _exchange(rows: torch.Tensor, out_splits: list[int], in_splits: list[int],
+              group: dist.ProcessGroup | None) -> torch.Tensor:
+    """all_to_all_single of `rows` [sum(in_splits), dim] -> [sum(out_splits), dim]; its backward is the reverse."""
+    out = funcol.all_to_all_single_autograd(rows.contiguous(), out_splits, in_splits, group or dist.group.WORLD)
+    return funcol.wait_tensor(out) if isinstance(out, funcol.AsyncCollectiveTensor) else out
+
+
+def shard_experts(model: nn.Module, group: dist.ProcessGroup | None = None) -> list[ExpertParallelExperts]:
+    """Replace every MoE layer's routed experts in `model` by this rank's share over `group` (default: the world);
+    every rank must hold the same full weights before. Returns the new expert modules."""
+    out = []
+    for m in model.modules():
+        if isinstance(m, MoE) and not isinstance(m.experts, ExpertParallelExperts):
+            m.experts = ExpertParallelExperts(m.experts, group)
+            out.append(m.experts)
+    return out
+
+
+def expert_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The split (rank-local) parameters: kept out of data-parallel gradient averaging."""
+    return [p for m in model.modules() if isinstance(m, ExpertParallelExperts) for p in (m.w13, m.w2)]
+
+
+@torch.no_grad()
+def scale_expert_grads(model: nn.Module, ranks_averaged: int) -> None:
+    """Divide the local experts' gradients by the number of ranks the other gradients are averaged over, so every
+    parameter sees the gradient of the mean loss."""
+    grads = [p.grad for p in expert_parameters(model) if p.grad is not None]
+    if grads and ranks_averaged > 1:
+        torch._foreach_div_(grads, float(ranks_averaged))
