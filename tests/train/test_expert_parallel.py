@@ -93,3 +93,52 @@ def test_one_rank_holds_every_expert_and_computes_the_same_layer(tmp_path):
         close(moe(x)[0], _layer("loop")(x)[0])
     finally:
         dist.destroy_process_group()
+
+
+def _check_worker(rank, world, store):
+    import torch.distributed as dist
+
+    from turnout.backend.checksums import StepChecks
+    from turnout.train import expert_parallel
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        moe = _layer("grouped")
+        shard_experts(moe)
+        x = torch.randn(1, 9 + 4 * rank, moe.gate.weight.shape[1], generator=torch.Generator().manual_seed(rank))
+        checks = StepChecks()
+        moe.experts.checks = lambda: checks
+        clean, _ = moe(x)
+        assert len(checks) == 2 and checks.collect() == []  # both exchanges checked, clean
+        # a bit flipped in transit: the rows rank 1 receives in the forward exchange
+        real, calls = expert_parallel.exchange, []
+
+        def corrupt(rows, out_splits, in_splits, group):
+            got = real(rows, out_splits, in_splits, group)
+            calls.append(1)
+            if rank == 1 and len(calls) == 1 and got.numel():
+                got = got.clone()
+                got.view(torch.int32).view(-1)[3] ^= 1 << 27  # an exponent bit
+            return got
+
+        expert_parallel.exchange = corrupt
+        checks = StepChecks()
+        bad, _ = moe(x)
+        found = checks.collect()
+        if rank == 1:
+            assert [m.op for m in found] == ["c10d::all_to_all_single"] and found[0].phase == "forward", found
+        else:  # the corrupted row came from here and returns computed from it: the step's verdict is shared
+            assert found == []
+        changed = torch.tensor([float(not torch.equal(bad, clean))])
+        dist.all_reduce(changed)
+        assert changed.item() >= 1  # the flip reached some rank's output
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.dist
+def test_a_row_corrupted_in_the_exchange_fails_the_receivers_check(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_check_worker, args=(2, str(tmp_path / "store")), nprocs=2, join=True, start_method="fork")

@@ -15,16 +15,30 @@ experts' weights are split. Gradients: a local expert's weight gradient sums the
 tokens, i.e. it is the gradient of the SUM of the group's per-rank losses. Data parallelism averages the others'
 gradients over the ranks, so a training step divides the experts' by the number of ranks averaged over
 (`scale_expert_grads`).
+
+Conservation of the exchange (when `checks` gives the step's StepChecks): with each forward exchange every rank
+also sends, per destination, the float64 sum and squared norm of the rows it sends there (one small extra
+all_to_all of [ep, 2]); the receiver sums what it got from each source and the two must agree within the float64
+rounding of the sums (LAMBDA * 2 sqrt(n) u64 * norm). A row corrupted in transit fails the receiving rank's
+check in the step it happens, as a product's checksum does. The backward exchanges (autograd's reverse
+all_to_all) are not checked.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 from torch import nn
 
+from turnout.backend.abft import LAMBDA, unit_roundoff
+from turnout.backend.checksums import StepChecks
 from turnout.model.moe import Experts, MoE
+
+OP = "c10d::all_to_all_single"
 
 
 class ExpertParallelExperts(Experts):
@@ -45,6 +59,7 @@ class ExpertParallelExperts(Experts):
         self.w13 = nn.Parameter(full.w13.detach()[sl].clone())
         self.w2 = nn.Parameter(full.w2.detach()[sl].clone())
         self.impl = full.impl
+        self.checks: Callable[[], StepChecks | None] | None = None  # the step's checks, when the exchange is checked
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
                 counts: torch.Tensor) -> torch.Tensor:
@@ -58,17 +73,41 @@ class ExpertParallelExperts(Experts):
         recv = recv.view(ep, local)  # [source rank, local expert]
         send_splits = counts.view(ep, local).sum(1).tolist()
         recv_splits = recv.sum(1).tolist()
-        got = _exchange(xs, recv_splits, send_splits, self.group)  # rows by (source, local expert)
+        got = self._exchange(xs, recv_splits, send_splits)  # rows by (source, local expert)
         expert_of = torch.repeat_interleave(torch.arange(local, device=x.device).repeat(ep), recv.flatten())
         group_order = expert_of.argsort(stable=True)  # [R]: the received rows grouped by local expert
         h = self.compute(got.index_select(0, group_order), recv.sum(0))
         h = h.index_select(0, group_order.argsort())  # back to (source, local expert) order
-        o = _exchange(h, send_splits, recv_splits, self.group)
+        o = self._exchange(h, send_splits, recv_splits)
         o = o * weights.flatten().index_select(0, order).unsqueeze(-1).to(o.dtype)
         return torch.zeros_like(x).index_add_(0, token, o)
 
+    def _exchange(self, rows: torch.Tensor, out_splits: list[int], in_splits: list[int]) -> torch.Tensor:
+        """exchange(), and its conservation check when the step's checks are on (see the module doc)."""
+        got = exchange(rows, out_splits, in_splits, self.group)
+        checks = self.checks() if self.checks is not None else None
+        if checks is not None:
+            with torch.no_grad():
+                sent = _chunk_facts(rows.detach(), in_splits)  # [ep, 2]: per destination
+                expect = torch.empty_like(sent)
+                dist.all_to_all_single(expect, sent, group=self.group)  # [ep, 2]: what each source sent here
+                have = _chunk_facts(got.detach(), out_splits)[:, 0]
+                diff = (have - expect[:, 0]).abs().nan_to_num(nan=math.inf, posinf=math.inf)
+                diff = torch.where(torch.isfinite(expect).all(1), diff, torch.zeros_like(diff))  # NaN: the monitor's
+                n = max(max(out_splits, default=0) * rows.shape[1], 1)
+                bound = LAMBDA * 2 * math.sqrt(n) * unit_roundoff(torch.float64) * expect[:, 1].clamp(min=0).sqrt() \
+                    + torch.finfo(torch.float64).tiny
+                checks.add(OP, "forward", tuple(got.shape), diff, bound.nan_to_num(nan=math.inf))
+        return got
 
-def _exchange(rows: torch.Tensor, out_splits: list[int], in_splits: list[int],
+
+def _chunk_facts(rows: torch.Tensor, splits: list[int]) -> torch.Tensor:
+    """[len(splits), 2] float64: each chunk's sum and squared norm."""
+    return torch.stack([torch.stack([c.sum(dtype=torch.float64), torch.linalg.vector_norm(c, dtype=torch.float64) ** 2])
+                        for c in rows.split(splits)])
+
+
+def exchange(rows: torch.Tensor, out_splits: list[int], in_splits: list[int],
               group: dist.ProcessGroup | None) -> torch.Tensor:
     """all_to_all_single of `rows` [sum(in_splits), dim] -> [sum(out_splits), dim]; its backward is the reverse."""
     out = funcol.all_to_all_single_autograd(rows.contiguous(), out_splits, in_splits, group or dist.group.WORLD)
