@@ -32,7 +32,7 @@ def llama() -> LlamaForCausalLM:
 def arguments(out: Path, steps: int, **kw) -> TrainingArguments:
     return TrainingArguments(output_dir=str(out), max_steps=steps, per_device_train_batch_size=4, learning_rate=3e-3,
                              save_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
-                             logging_steps=1000, **kw)
+                             **({"logging_steps": 1000} | kw))
 
 
 def events(run: Path) -> list[dict]:
@@ -65,12 +65,20 @@ def test_healthy_steps_match_a_plain_trainer_bit_for_bit(tmp_path, monkeypatch):
     monkeypatch.setenv("TURNOUT_TARGET", "cpu")
     data = ToyCorpus(200, 32, 128)
     plain = llama()
-    Trainer(model=plain, args=arguments(tmp_path / "a", 20, max_grad_norm=1.0), train_dataset=data).train()
+    a = Trainer(model=plain, args=arguments(tmp_path / "a", 20, max_grad_norm=1.0, logging_steps=5),
+                train_dataset=data)
+    a.train()
     guarded = llama()
-    GuardedTrainer(model=guarded, args=arguments(tmp_path / "b", 20, max_grad_norm=1.0), train_dataset=data,
-                   health={"checksums": False}).train()
-    for (name, a), b in zip(plain.state_dict().items(), guarded.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+    b = GuardedTrainer(model=guarded, args=arguments(tmp_path / "b", 20, max_grad_norm=1.0, logging_steps=5),
+                       train_dataset=data, health={"checksums": False})
+    b.train()
+    for (name, x), y in zip(plain.state_dict().items(), guarded.state_dict().values()):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7, msg=name)
+    # the Trainer's own logs: the same losses and (pre-clip) gradient norms, read from the guard's step
+    logged = [[(h["loss"], h["grad_norm"]) for h in t.state.log_history if "grad_norm" in h] for t in (a, b)]
+    assert len(logged[0]) == len(logged[1]) == 4 and all(g > 0 for _, g in logged[1])
+    for (la, ga), (lb, gb) in zip(*logged):
+        assert lb == pytest.approx(la, rel=1e-5) and gb == pytest.approx(ga, rel=1e-4)
 
 
 def test_gradient_accumulation_is_refused_in_one_line(tmp_path):

@@ -12,7 +12,8 @@ Trainer's optimizer and scheduler only for a healthy step (the loop's own calls 
 code 86 and the next process resumes from that checkpoint, skipping the batches the record says were consumed.
 
 The Trainer's `global_step` counts batches consumed (including skipped ones); `guard.step_count` counts applied
-optimizer steps. Gradient accumulation and fp16 loss scaling are refused: each Trainer step must be one complete
+optimizer steps. The Trainer logs the guard's measured (pre-clip) gradient norm of each applied step, none for a
+skipped batch, whose loss is logged as the last applied step's. Gradient accumulation and fp16 loss scaling are refused: each Trainer step must be one complete
 forward and backward for the guard to re-run it.
 """
 
@@ -75,6 +76,7 @@ class GuardedTrainer(Trainer):
                              "snapshot_every": snapshot_every, "checkpoint_every": checkpoint_every,
                              "grad_clip": float(self.args.max_grad_norm or 0.0), **(guard_options or {})}
         self.guard: Guard | None = None
+        self._grad_norm: float | None = None  # the guard's (pre-clip) norm of the step just taken; None: skipped
         self._skip = 0  # batches the loop hands over that the guard asked to skip (after a rollback or a resume)
 
     def _start_guard(self, model: torch.nn.Module) -> None:
@@ -93,6 +95,7 @@ class GuardedTrainer(Trainer):
             self._start_guard(model)
         if self._skip > 0:  # logged as the last applied step's loss: the Trainer averages what this returns
             self._skip -= 1
+            self._grad_norm = None
             recent = self.guard.healer.monitor.loss.values
             return torch.tensor(recent[-1] if recent else float("nan"), device=self.args.device)
         model.train()
@@ -108,7 +111,15 @@ class GuardedTrainer(Trainer):
 
         out = self.guard.step(closure, inputs)
         self._skip += out.skip_batches
+        self._grad_norm = out.grad_norm if out.applied else None
         return torch.tensor(out.loss, device=self.args.device)
+
+    def _clip_grad_norm(self, model: torch.nn.Module) -> float | None:
+        """The guard clipped (args.max_grad_norm) and stepped already; the Trainer logs the norm it measured."""
+        return self._grad_norm
+
+    def _get_grad_norm(self, model: torch.nn.Module, grad_norm: Any = None) -> float | None:
+        return self._grad_norm
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         """Trainer.train under the guard; the guard's record is closed (and its report written) however it ends.
