@@ -143,6 +143,12 @@ def test_persistent_corruption_uses_the_reference_then_fails_over_with_a_checkpo
     assert any(e["kind"] == "rerun" and e.get("where") == "cpu" and "applied" in e["detail"]
                for o in outs for e in o.events)
     assert e.value.checkpoint.name == "step-00000011"
+    # the checkpoint says what computed it, as turnout train's do: model, dtype, device, software
+    from turnout.ckpt import read_manifest
+
+    fp = read_manifest(e.value.checkpoint).fingerprint
+    assert fp["model"]["architecture"] == "Sequential" and fp["dtype"] == "fp32" and fp["device"]
+    assert fp["software"]["torch"] == torch.__version__ and fp == guard.fingerprint()
     guard.close()
     events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
     assert events[-2]["kind"] == "untrusted" and events[-2]["checkpoint"].endswith("step-00000011")

@@ -28,12 +28,14 @@ import torch
 import torch.distributed as dist
 
 from turnout.backend import Backend, get_backend
+from turnout.backend.spec import dtype_name
 from turnout.ckpt import Checkpointer, Manifest, encode_rng, read_manifest
 from turnout.config import ConfigError, HealthSection, from_dict
 from turnout.errors import TargetError, one_line
 from turnout.report.jsonl import JsonlWriter
 from turnout.report.rundir import RunDir
 from turnout.train.events import EventLog
+from turnout.train.fingerprint import numerics_fingerprint
 from turnout.train.heal import Healer
 from turnout.train.health import EXIT_HANG, EXIT_UNTRUSTED, RunUnrecoverable, TargetUntrusted
 from turnout.train.step import StepResult
@@ -302,8 +304,15 @@ class Guard:
                          f"x{self.lr_scale:.3g})", factor=cut, lr_scale=self.lr_scale)
 
     # ---- checkpoints ---------------------------------------------------------------------------------
+    def fingerprint(self) -> dict:
+        """The numerics fingerprint (turnout.train.fingerprint) of this model on this target, as `turnout train`
+        writes into its checkpoints: the dtype is the model's floating-point parameters'."""
+        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
+        return numerics_fingerprint(self.model, self.backend, dtype_name(dtype))
+
     def manifest(self) -> Manifest:
         return Manifest(step=self.step_count, samples=self.batches_seen, model_args=model_fingerprint(self.model),
+                        fingerprint=self.fingerprint(),
                         config={"health": asdict(self.h)}, target=self.backend.name, world_size=self.world,
                         rng=encode_rng(self.backend.get_rng_state()),
                         extra={"guard": {"batches": self.batches_seen, "lr_scale": self.lr_scale,
