@@ -5,7 +5,6 @@ the exported directory (transformers' DeepseekV3 on the same weights) give the s
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -86,4 +85,3 @@ def test_lm_eval_scores_turnout_serve_as_it_scores_transformers(trained_run, tmp
     assert len(set(a)) > DOCS  # real, distinct scores (not one value repeated)
     texts = lambda r: [s["filtered_resps"][0] for s in r["samples"]["tiny_gen"]]  # noqa: E731
     assert texts(api) == texts(hf) and all(texts(api)), (texts(api), texts(hf))
-    assert os.path.isdir(tmp_path / "datasets")
