@@ -36,12 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the certificate instead of a summary")
 
 
-def is_endpoint(spec: str) -> bool:
-    return spec.startswith("openai:")
-
-
 def run(args: argparse.Namespace) -> int:
     from turnout.serve.certificate import default_path, make_certificate, write_certificate
+    from turnout.serve.endpoint import is_endpoint
     from turnout.serve.parity import ParitySettings, run_parity
 
     for name in ("sequences", "seq_len", "prompts", "new_tokens"):

@@ -22,7 +22,6 @@ continuations (token ids in, temperature 0, eos ignored) are reported as in-proc
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -31,7 +30,7 @@ from turnout.data import Tokenizer
 from turnout.serve.endpoint import Endpoint, EndpointError, Scored, is_endpoint
 from turnout.serve.loader import LoadedModel, load_for_serving
 from turnout.serve.parity import (ParitySettings, compare_greedy, greedy_continuations, heldout_tokens,
-                                  local_side, teacher_forced_logits, windows)
+                                  local_side, parity_report, teacher_forced_logits, windows)
 
 TOKENIZER_TEXT_TOKENS = 256  # held-out tokens whose text the server must tokenize as the model does
 
@@ -128,16 +127,5 @@ def run_endpoint_parity(model: str | Path, a: str, b: str, *, trained_on: str | 
     greedy.update(prompt_tokens=prompts.shape[1], new_tokens=s.new_tokens)
     here = local_side(lm)
     there = endpoint.describe() | {"dtype": endpoint_dtype, "tokenizer_check": tok_check}
-    i = lm.identity
-    return {
-        "model": {"path": str(Path(model).resolve()), "name": i.name, "kind": i.kind, "sha256": i.sha256,
-                  "trained_on": i.trained_on},
-        "a": here if local_is_a else there,
-        "b": there if local_is_a else here,
-        "text": {"source": source, "sequences": int(seqs.shape[0]), "seq_len": int(seqs.shape[1]),
-                 "tokens": int(seqs.numel())},
-        "settings": asdict(s),
-        "teacher_forced": tf,
-        "greedy": greedy,
-        "tokenizer": tok_check,
-    }
+    a_side, b_side = (here, there) if local_is_a else (there, here)
+    return parity_report(model, lm, a_side, b_side, source, seqs, s, tf, greedy) | {"tokenizer": tok_check}

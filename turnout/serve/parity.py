@@ -163,15 +163,23 @@ def run_parity(model: str | Path, a: str, b: str, *, model_b: str | Path | None 
                             greedy_continuations(lm_b, prompts, s.new_tokens))
     greedy.update(prompt_tokens=prompts.shape[1], new_tokens=s.new_tokens)
 
+    return parity_report(model, lm_a, local_side(lm_a), local_side(lm_b), source, seqs, s, tf, greedy)
+
+
+def parity_report(model: str | Path, lm: LoadedModel, a: dict, b: dict, source: str, seqs: torch.Tensor,
+                  settings: ParitySettings, teacher_forced: dict, greedy: dict) -> dict:
+    """The measurement part of a certificate: the model as `lm` loaded it, the two sides, the text (`seqs` the
+    teacher-forced windows), the settings and both measurements."""
+    i = lm.identity
     return {
-        "model": {"path": str(Path(model).resolve()), "name": lm_a.identity.name, "kind": lm_a.identity.kind,
-                  "sha256": lm_a.identity.sha256, "trained_on": lm_a.identity.trained_on},
-        "a": local_side(lm_a),
-        "b": local_side(lm_b),
+        "model": {"path": str(Path(model).resolve()), "name": i.name, "kind": i.kind, "sha256": i.sha256,
+                  "trained_on": i.trained_on},
+        "a": a,
+        "b": b,
         "text": {"source": source, "sequences": int(seqs.shape[0]), "seq_len": int(seqs.shape[1]),
                  "tokens": int(seqs.numel())},
-        "settings": asdict(s),
-        "teacher_forced": tf,
+        "settings": asdict(settings),
+        "teacher_forced": teacher_forced,
         "greedy": greedy,
     }
 

@@ -13,8 +13,7 @@ Per layer and step, with ep ranks in the group and E/ep experts on each (rank r 
 The gate, shared experts, attention and everything else stay replicated (data-parallel); only the routed
 experts' weights are split. Gradients: a local expert's weight gradient sums the contributions of every rank's
 tokens, i.e. it is the gradient of the SUM of the group's per-rank losses. Data parallelism averages the others'
-gradients over the ranks, so a training step divides the experts' by the number of ranks averaged over
-(`scale_expert_grads`).
+gradients over the ranks, so a training step must divide the experts' by the number of ranks averaged over.
 
 Conservation of the exchange (when `checks` gives the step's StepChecks): with each forward exchange every rank
 also sends, per destination, the float64 sum and squared norm of the rows it sends there (one small extra
@@ -129,11 +128,3 @@ def expert_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The split (rank-local) parameters: kept out of data-parallel gradient averaging."""
     return [p for m in model.modules() if isinstance(m, ExpertParallelExperts) for p in (m.w13, m.w2)]
 
-
-@torch.no_grad()
-def scale_expert_grads(model: nn.Module, ranks_averaged: int) -> None:
-    """Divide the local experts' gradients by the number of ranks the other gradients are averaged over, so every
-    parameter sees the gradient of the mean loss."""
-    grads = [p.grad for p in expert_parameters(model) if p.grad is not None]
-    if grads and ranks_averaged > 1:
-        torch._foreach_div_(grads, float(ranks_averaged))
