@@ -9,7 +9,8 @@ buffer copies, snapshots every 10 steps, the watchdog), and the guarded loop wit
 product verified and the AdamW step checked). Steps alternate between them, each side leading in turn, so
 machine-load drift hits all alike; medians per step are reported with the ratios. With --grad-clip the bare loop
 clips with clip_grad_norm_ (as most loops do: transformers' Trainer by default) and the guard is given the same
-grad_clip, which it applies from the gradient norms its monitor reads anyway. Prints the machine so the figure names where it ran.
+grad_clip, which it applies from the gradient norms its monitor reads anyway. Prints the machine so the figure
+names where it ran.
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ def main() -> None:
         model, batch = build(a.model)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-        guard = None if name.startswith("bare") else Guard(model, opt, target=a.target, lr_scheduler=sched,
-                                                  grad_clip=a.grad_clip, health={"checksums": name.endswith("checksums")})
+        guard = None if name.startswith("bare") else Guard(
+            model, opt, target=a.target, lr_scheduler=sched, grad_clip=a.grad_clip,
+            health={"checksums": name.endswith("checksums")})
         sides[name] = (model, opt, sched, guard, batch)
     times: dict[str, list[float]] = {n: [] for n in sides}
 
@@ -92,7 +94,8 @@ def main() -> None:
           f"{a.steps} steps per side, medians; "
           f"{f'gradients clipped at {a.grad_clip}' if a.grad_clip else 'no gradient clipping'}")
     print(f"bare {med['bare'] * 1e3:.2f} ms/step; a second bare copy {med['bare (copy)'] * 1e3:.2f} ms "
-          f"({med['bare (copy)'] / med['bare'] - 1:+.1%}: the spread between identical sides); guard {med['guard'] * 1e3:.2f} ms ({med['guard'] / med['bare'] - 1:+.1%}); "
+          f"({med['bare (copy)'] / med['bare'] - 1:+.1%}: the spread between identical sides); "
+          f"guard {med['guard'] * 1e3:.2f} ms ({med['guard'] / med['bare'] - 1:+.1%}); "
           f"guard + checksums {med['guard+checksums'] * 1e3:.2f} ms ({med['guard+checksums'] / med['bare'] - 1:+.1%})")
 
 

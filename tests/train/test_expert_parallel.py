@@ -15,7 +15,6 @@ from turnout.model.moe import MoE
 from turnout.train.expert_parallel import ExpertParallelExperts, expert_parameters, shard_experts
 
 
-
 def close(a: torch.Tensor, b: torch.Tensor) -> None:
     """fp32 reduction-order tolerance: the same products, their rows summed in another order (a weight gradient
     sums both ranks' rows in one product here, two accumulated ones in the reference): 1e-5 of the largest value."""

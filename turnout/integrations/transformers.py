@@ -13,8 +13,8 @@ code 86 and the next process resumes from that checkpoint, skipping the batches 
 
 The Trainer's `global_step` counts batches consumed (including skipped ones); `guard.step_count` counts applied
 optimizer steps. The Trainer logs the guard's measured (pre-clip) gradient norm of each applied step, none for a
-skipped batch, whose loss is logged as the last applied step's. Gradient accumulation and fp16 loss scaling are refused: each Trainer step must be one complete
-forward and backward for the guard to re-run it.
+skipped batch, whose loss is logged as the last applied step's. Gradient accumulation and fp16 loss scaling are
+refused: each Trainer step must be one complete forward and backward for the guard to re-run it.
 """
 
 from __future__ import annotations

@@ -42,7 +42,8 @@ OP = "c10d::all_to_all_single"
 
 class ExpertParallelExperts(Experts):
     """The local E/ep experts of one layer (w13 [E/ep, 2*inter, dim], w2 [E/ep, dim, inter]) behind Experts'
-    interface: forward(x, weights, indices, counts) with global expert indices and counts [E]."""
+    interface: forward(x, weights, indices, counts) with global expert indices and counts [E]; only `compute`, the
+    rows through their experts, differs."""
 
     def __init__(self, full: Experts, group: dist.ProcessGroup | None = None):
         nn.Module.__init__(self)
@@ -60,26 +61,22 @@ class ExpertParallelExperts(Experts):
         self.impl = full.impl
         self.checks: Callable[[], StepChecks | None] | None = None  # the step's checks, when the exchange is checked
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
-                counts: torch.Tensor) -> torch.Tensor:
+    def compute(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """xs [R, dim] this rank's rows sorted by global expert (so by owner rank), counts [E] rows per global expert
+        -> each row through its expert [R, dim], computed on the rank that holds it (Experts.forward does the
+        sorting, the router weights and the scatter-add into the tokens, on the token's own rank)."""
         ep, local = self.ep, self.n_experts
-        k = indices.shape[1]
-        order = indices.flatten().argsort(stable=True)  # [N*k] rows sorted by global expert, so by owner rank
-        token = order // k
-        xs = x.index_select(0, token)  # [N*k, dim]
         recv = torch.empty_like(counts)
         dist.all_to_all_single(recv, counts, group=self.group)  # [ep * local]: rows each peer sends per expert
         recv = recv.view(ep, local)  # [source rank, local expert]
         send_splits = counts.view(ep, local).sum(1).tolist()
         recv_splits = recv.sum(1).tolist()
         got = self._exchange(xs, recv_splits, send_splits)  # rows by (source, local expert)
-        expert_of = torch.repeat_interleave(torch.arange(local, device=x.device).repeat(ep), recv.flatten())
-        group_order = expert_of.argsort(stable=True)  # [R]: the received rows grouped by local expert
-        h = self.compute(got.index_select(0, group_order), recv.sum(0))
+        expert_of = torch.repeat_interleave(torch.arange(local, device=xs.device).repeat(ep), recv.flatten())
+        group_order = expert_of.argsort(stable=True)  # [R']: the received rows grouped by local expert
+        h = super().compute(got.index_select(0, group_order), recv.sum(0))
         h = h.index_select(0, group_order.argsort())  # back to (source, local expert) order
-        o = self._exchange(h, send_splits, recv_splits)
-        o = o * weights.flatten().index_select(0, order).unsqueeze(-1).to(o.dtype)
-        return torch.zeros_like(x).index_add_(0, token, o)
+        return self._exchange(h, send_splits, recv_splits)
 
     def _exchange(self, rows: torch.Tensor, out_splits: list[int], in_splits: list[int]) -> torch.Tensor:
         """exchange(), and its conservation check when the step's checks are on (see the module doc)."""
