@@ -153,6 +153,11 @@ def test_persistent_corruption_uses_the_reference_then_fails_over_with_a_checkpo
     events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
     assert events[-2]["kind"] == "untrusted" and events[-2]["checkpoint"].endswith("step-00000011")
     assert (tmp_path / "run" / "report.html").is_file() and (tmp_path / "run" / "metrics.jsonl").is_file()
+    from turnout.report.run_data import summarize_run
+
+    summary = summarize_run(tmp_path / "run")  # stopped for another target to continue, not finished
+    assert events[-1]["kind"] == "stop" and summary["status"] == "stopped", summary["status_detail"]
+    assert "no longer trusted" in summary["status_detail"] and "step-00000011" in summary["status_detail"]
 
     # another process (here: another guard) resumes it on cpu, at the same step and data position
     model2 = mlp()
@@ -175,6 +180,21 @@ def test_rollbacks_are_bounded():
         batches[i] = (x, y)
     with pytest.raises(RunUnrecoverable, match="max_rollbacks"):
         train("cpu", batches, health={"max_rollbacks": 2})
+
+
+def test_an_unrecoverable_run_is_recorded_as_failed(tmp_path):
+    from turnout.report.run_data import summarize_run
+
+    batches = data()
+    batches[5:] = [(torch.full_like(x, float("nan")), y) for x, y in batches[5:]]
+    model = mlp()
+    guard = Guard(model, torch.optim.AdamW(model.parameters(), lr=3e-3), target="cpu", run_dir=tmp_path / "run",
+                  health={**HEALTH, "max_rollbacks": 1})
+    with guard, pytest.raises(RunUnrecoverable):
+        for b in batches:
+            guard.step(loss_fn, b)
+    summary = summarize_run(tmp_path / "run")
+    assert summary["status"] == "failed" and "unrecoverable" in summary["status_detail"], summary["status_detail"]
 
 
 def test_a_scheduler_is_stepped_with_applied_steps_and_rolled_back_with_the_weights():

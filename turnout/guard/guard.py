@@ -166,6 +166,7 @@ class Guard:
         if self.h.enabled:
             self.watchdog.start()
         self._closed = False
+        self._ended_by: tuple[str, str] | None = None  # ('untrusted' | 'failed', why) once a step raised so
 
     # ---- checks before any step ----------------------------------------------------------------------
     def _check_optimizer(self) -> None:
@@ -238,6 +239,7 @@ class Guard:
             raise
         except RunUnrecoverable as e:
             self.events.emit("unrecoverable", step, str(e))
+            self._ended_by = ("failed", f"unrecoverable at step {step}: {e}")
             self._write_report()
             raise
         finally:
@@ -380,6 +382,8 @@ class Guard:
         self.events.emit("untrusted", step, f"{self.backend.name} is no longer trusted: {e}{where}", reason=str(e),
                          cause=e.kind, checkpoint=str(saved) if saved else None)
         e.checkpoint = saved
+        self._ended_by = ("untrusted", f"{self.backend.name} is no longer trusted at step {step}" +
+                          (f"; resumable from {saved.name} on another target" if saved else ""))
         self._write_report()
 
     def _hang(self, label: str, step: int, elapsed: float, limit: float) -> None:
@@ -403,7 +407,14 @@ class Guard:
         self.watchdog.stop()
         if self.ckpt is not None:
             self.ckpt.wait()
-        self.events.emit("end", self.step_count, f"stopped guarding after {self.step_count} steps")
+        if self._ended_by is None:
+            self.events.emit("end", self.step_count, f"stopped guarding after {self.step_count} steps")
+        elif self._ended_by[0] == "untrusted":  # a stop, not an end: another target continues the run
+            self.events.emit("stop", self.step_count, f"stopped guarding after {self.step_count} steps: "
+                             f"{self._ended_by[1]}")
+        else:
+            self.events.emit("end", self.step_count, f"stopped guarding after {self.step_count} steps: "
+                             f"{self._ended_by[1]}", ok=False)
         self.metrics.close()
         self._write_report()
 
