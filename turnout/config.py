@@ -89,6 +89,8 @@ class TrainSection:
     grad_accum: int = _f(1, "micro-batches accumulated per optimizer step", lo=1)
     dtype: str = _f("auto", "compute dtype; auto takes the target's", choices=("auto", "fp32", "bf16", "fp16"))
     parallel: str = _f("ddp", "data parallelism when world size > 1", choices=("ddp", "fsdp"))
+    expert_parallel: int = _f(1, "split each MoE layer's routed experts over this many ranks (an expert-parallel "
+                              "group); must divide the world size and the routed expert count", lo=1)
     eval_interval: int = _f(50, "steps between held-out loss evaluations; 0 disables", lo=0)
     eval_batches: int = _f(4, "batches averaged per held-out evaluation", lo=1)
     log_interval: int = _f(10, "steps between progress lines when not on a terminal (metrics are written every step)",

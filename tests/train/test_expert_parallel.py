@@ -94,7 +94,7 @@ def test_one_rank_holds_every_expert_and_computes_the_same_layer(tmp_path):
         dist.destroy_process_group()
 
 
-def _check_worker(rank, world, store):
+def _check_worker(rank, world, store, phase):
     import torch.distributed as dist
 
     from turnout.backend.checksums import StepChecks
@@ -106,38 +106,47 @@ def _check_worker(rank, world, store):
         moe = _layer("grouped")
         shard_experts(moe)
         x = torch.randn(1, 9 + 4 * rank, moe.gate.weight.shape[1], generator=torch.Generator().manual_seed(rank))
+        probe = torch.randn(x.shape, generator=torch.Generator().manual_seed(50 + rank))
         checks = StepChecks()
         moe.experts.checks = lambda: checks
-        clean, _ = moe(x)
-        assert len(checks) == 2 and checks.collect() == []  # both exchanges checked, clean
-        # a bit flipped in transit: the rows rank 1 receives in the forward exchange
+        clean, _ = moe(x.clone().requires_grad_())
+        (clean * probe).sum().backward()
+        clean_grad = moe.experts.w13.grad.clone()
+        moe.zero_grad()
+        assert len(checks) == 4 and checks.collect() == []  # both exchanges, both ways, checked and clean
+        # a bit flipped in transit: the rows rank 1 receives in the first forward exchange (the dispatch), or the
+        # gradients it receives in the first backward one (the combine's reverse)
         real, calls = expert_parallel.exchange, []
+        hit = 1 if phase == "forward" else 3
 
         def corrupt(rows, out_splits, in_splits, group):
             got = real(rows, out_splits, in_splits, group)
             calls.append(1)
-            if rank == 1 and len(calls) == 1 and got.numel():
-                got = got.clone()
+            if rank == 1 and len(calls) == hit and got.numel():
                 got.view(torch.int32).view(-1)[3] ^= 1 << 27  # an exponent bit
             return got
 
         expert_parallel.exchange = corrupt
         checks = StepChecks()
-        bad, _ = moe(x)
+        bad, _ = moe(x.clone().requires_grad_())
+        (bad * probe).sum().backward()
         found = checks.collect()
         if rank == 1:
-            assert [m.op for m in found] == ["c10d::all_to_all_single"] and found[0].phase == "forward", found
-        else:  # the corrupted row came from here and returns computed from it: the step's verdict is shared
+            assert [(m.op, m.phase) for m in found] == [("c10d::all_to_all_single", phase)], found
+        else:  # the corrupted rows came from here and what returns was computed from them: the verdict is shared
             assert found == []
-        changed = torch.tensor([float(not torch.equal(bad, clean))])
+        changed = torch.tensor([float(not torch.equal(bad, clean) or not torch.equal(moe.experts.w13.grad,
+                                                                                   clean_grad))])
         dist.all_reduce(changed)
-        assert changed.item() >= 1  # the flip reached some rank's output
+        assert changed.item() >= 1  # the flip reached some rank's output or gradient
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.dist
-def test_a_row_corrupted_in_the_exchange_fails_the_receivers_check(tmp_path):
+@pytest.mark.parametrize("phase", ["forward", "backward"])
+def test_a_row_corrupted_in_the_exchange_fails_the_receivers_check(tmp_path, phase):
     import torch.multiprocessing as mp
 
-    mp.start_processes(_check_worker, args=(2, str(tmp_path / "store")), nprocs=2, join=True, start_method="fork")
+    mp.start_processes(_check_worker, args=(2, str(tmp_path / "store"), phase), nprocs=2, join=True,
+                       start_method="fork")

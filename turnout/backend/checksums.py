@@ -54,6 +54,11 @@ class Mismatch:
         return self.discrepancy / self.bound if self.bound > 0 else math.inf
 
     def describe(self) -> str:
+        if self.op == "c10d::all_to_all_single":  # expert parallelism's exchange (turnout.train.expert_parallel)
+            what = "sum" if self.row % 2 == 0 else "squared norm"
+            return (f"{self.op} ({self.phase}) of {self.shape[0]} rows: the {what} of what came from its rank "
+                    f"{self.row // 2} is off what was sent by {self.discrepancy:.3g}, bound {self.bound:.3g} "
+                    f"({self.ratio:.3g}x)")
         if self.op.startswith("c10d::"):  # a collective's conservation check (turnout.train.conservation)
             return (f"{self.op} of a {self.shape[0]}-element gradient bucket: its sum is off the ranks' summed local "
                     f"sums by {self.discrepancy:.3g}, bound {self.bound:.3g} ({self.ratio:.3g}x)")

@@ -15,7 +15,7 @@ import sys
 import warnings
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 import torch.distributed as dist
@@ -92,6 +92,46 @@ def set_aside(folder: Path) -> Path:
 OnSetAside = Callable[[Path, Path, list[str]], None]
 
 
+class Split(Protocol):
+    """Weights split over ranks outside FSDP (expert parallelism): `params` names them, `sharded` wraps state
+    entries of their shape as DTensors of the global shape so DCP writes each piece once and reshards it."""
+
+    params: dict[str, torch.nn.Parameter]
+
+    def sharded(self, names_to_tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+
+def _state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, split: Split | None) -> dict:
+    """{"model": ..., "optim": ...} as DCP saves and loads it: FQN-keyed, split weights and their optimizer state
+    as global DTensors (views of the local tensors, so a load writes through to them)."""
+    opts = StateDictOptions(full_state_dict=False)
+    msd, osd = get_state_dict(model, optimizer if optimizer is not None else [], options=opts)
+    if split is not None:
+        names = [n for n in split.params if n in msd]
+        msd.update(split.sharded({n: msd[n] for n in names}))
+        osd = {**osd, "state": dict(osd.get("state", {}))}  # new dicts: the optimizer's own keep plain tensors
+        for n in names:
+            st = osd["state"].get(n)
+            if st:
+                osd["state"][n] = {**st, **split.sharded({k: v for k, v in st.items() if isinstance(v, torch.Tensor)
+                                                          and v.shape == split.params[n].shape})}
+    return {"model": msd, "optim": osd} if optimizer is not None else {"model": msd}
+
+
+def _unsplit(state: dict, split: Split) -> dict:
+    """`state` (from `_state`) with the split entries plain again, their local shards, as set_state_dict expects
+    (FSDP's own DTensors stay as they are)."""
+    msd, osd = state["model"], state.get("optim", {})
+    for n in split.params:
+        if n in msd:
+            msd[n] = msd[n].to_local()
+        st = osd.get("state", {}).get(n, {})
+        for k, v in st.items():
+            if hasattr(v, "placements") and hasattr(v, "to_local"):
+                st[k] = v.to_local()
+    return state
+
+
 class Checkpointer:
     """Writes and reads a run's checkpoints. All ranks call `save`/`load`/`newest`; rank 0 writes manifests,
     renames, and sets aside checkpoints that fail verification.
@@ -101,12 +141,14 @@ class Checkpointer:
     in for a good one and is never silently deleted."""
 
     def __init__(self, run_dir: Path, keep: int = 3, async_save: bool = False,
-                 attach: dict[str, Path] | None = None, on_set_aside: OnSetAside | None = None):
+                 attach: dict[str, Path] | None = None, on_set_aside: OnSetAside | None = None,
+                 split: Split | None = None):
         self.run_dir = Path(run_dir)
         self.keep = keep
         self.async_save = async_save
         self.attach = dict(attach or {})  # name in checkpoint -> file copied in (e.g. tokenizer.json)
         self.on_set_aside = on_set_aside
+        self.split = split  # weights split over ranks outside FSDP (expert parallelism)
         self._pending: tuple[Future, Path, Manifest] | None = None
         self._good: set[str] = set()  # folder names written or verified by this process
 
@@ -157,8 +199,7 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         _barrier()
-        msd, osd = get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=False))
-        state = {"model": msd, "optim": osd}
+        state = _state(model, optimizer, self.split)
         if self.async_save:
             with _single_process_ok():
                 fut = dcp.async_save(state, checkpoint_id=str(tmp))
@@ -218,7 +259,7 @@ class Checkpointer:
         if problems:
             raise CheckpointError(problems[0] + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
         manifest = read_manifest(folder)
-        load_state(folder, model, optimizer)
+        load_state(folder, model, optimizer, self.split)
         return manifest
 
 
@@ -232,19 +273,16 @@ def _dcp_load(state: dict, folder: Path) -> None:
         dcp.load(state, storage_reader=SafeReader(str(folder)), planner=SafePlanner())
 
 
-def load_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
-    """DCP-load `model` (and optimizer) state in place from a checkpoint folder (no hash verification here)."""
+def load_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+               split: Split | None = None) -> None:
+    """DCP-load `model` (and optimizer) state in place from a checkpoint folder (no hash verification here),
+    resharding to this process's layout."""
     opts = StateDictOptions(full_state_dict=False)
-    if optimizer is None:
-        msd, _ = get_state_dict(model, [], options=opts)
-        state = {"model": msd}
-        _dcp_load(state, folder)
-        set_state_dict(model, [], model_state_dict=state["model"], optim_state_dict={}, options=opts)
-        return
-    msd, osd = get_state_dict(model, optimizer, options=opts)
-    state = {"model": msd, "optim": osd}
+    state = _state(model, optimizer, split)
     _dcp_load(state, folder)
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"], options=opts)
+    state = _unsplit(state, split) if split is not None else state
+    set_state_dict(model, optimizer if optimizer is not None else [], model_state_dict=state["model"],
+                   optim_state_dict=state.get("optim", {}), options=opts)
 
 
 def _say_refused(folder: Path, problems: list[str]) -> None:

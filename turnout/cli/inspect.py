@@ -95,7 +95,8 @@ def describe(path: Path) -> dict:
                 name = str(md.properties.dtype).replace("torch.", "")
                 dtypes[name] = dtypes.get(name, 0) + 1
         info = {"kind": "checkpoint", "checkpoint": str(folder), "step": m.step, "samples": m.samples,
-                "trained_on": m.target, "world_size": m.world_size, "torch_version": m.torch_version}
+                "trained_on": m.target, "world_size": m.world_size, "torch_version": m.torch_version,
+                "mesh": m.extra.get("mesh")}
     total, active = param_counts(args)
     mtp = mtp_params(args) if args.mtp_depth else 0
     per_token = (args.kv_lora_rank + args.qk_rope_head_dim) * args.n_layers
@@ -107,13 +108,19 @@ def describe(path: Path) -> dict:
             "targets": _targets(total + mtp)}
 
 
+def _mesh(mesh: dict | None) -> str:
+    """' (dp 2 x ep 2)' for an expert-parallel layout, '' otherwise."""
+    return f" (dp {mesh['dp']} x ep {mesh['ep']})" if mesh and mesh.get("ep", 1) > 1 else ""
+
+
 def _text(d: dict) -> str:
     a, p, t = d["model"], d["params"], d["tokenizer"]
     lines = [f"{d['path']}: " + (f"HF directory ({', '.join(d['architectures'] or ['?'])}"
                                  + (f", {d['quantization']} quantized" if d.get("quantization") else "") + ")"
                                  if d["kind"] == "hf" else
                                  f"turnout checkpoint {Path(d['checkpoint']).name}: step {d['step']}, "
-                                 f"{d['samples']:,} samples, trained on {d['trained_on']} x{d['world_size']}, "
+                                 f"{d['samples']:,} samples, trained on {d['trained_on']} x{d['world_size']}"
+                                 f"{_mesh(d.get('mesh'))}, "
                                  f"torch {d['torch_version']}")]
     lines.append(f"  architecture  dim {a['dim']}, {a['n_layers']} layers ({a['n_dense_layers']} dense), "
                  f"{a['n_heads']} heads; MLA q_lora {a['q_lora_rank']}, kv_lora {a['kv_lora_rank']}, rope "

@@ -128,6 +128,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--resume: {args.out} holds no run to resume (no metrics or events); leave out --resume "
                           f"to start one there")
     config = _config_for(args)  # validate before starting any process
+    if config.train.expert_parallel > 1:  # a layout that cannot work fails here, before any rank starts
+        from turnout.train.build import layout_problem, model_args
+
+        world = args.nproc if args.nproc > 1 else int(os.environ.get("WORLD_SIZE", "1"))  # a rank: torchrun's
+        problem = layout_problem(config, world, model_args(config))
+        if problem:
+            raise ConfigError(problem)
     fallback = [t.strip() for item in args.fallback for t in item.split(",") if t.strip()]
     if fallback:
         return _supervise(args, config, fallback)

@@ -17,6 +17,7 @@ from turnout.model.args import ModelArgs
 from turnout.model.transformer import Transformer
 from turnout.model.flops import flops_per_token, param_counts
 from turnout.train.dist import DistInfo, wrap_model
+from turnout.train.expert_parallel import ExpertLayout, build_layout
 from turnout.train.init import init_args, init_tokenizer, load_init_weights
 from turnout.train.optim import build_optimizer
 from turnout.train.step import StepRunner
@@ -87,6 +88,25 @@ class Built:
     flops_per_token: float
     params: int
     active_params: int
+    experts: ExpertLayout | None = None  # train.expert_parallel > 1: the (dp, ep) mesh and the split weights
+
+
+def layout_problem(config: Config, world_size: int, args: ModelArgs | None) -> str | None:
+    """Why `train.expert_parallel` cannot split `args`' experts over `world_size` ranks (None when it can); with
+    `args` None (a model the config does not describe) only 1 is allowed."""
+    ep = config.train.expert_parallel
+    if ep == 1:
+        return None
+    if args is None:
+        return f"train.expert_parallel: {ep} needs turnout's own MoE model; a model of your own trains with 1"
+    if args.n_routed_experts == 0 or args.n_layers <= args.n_dense_layers:
+        return f"train.expert_parallel: {ep} needs routed experts; this model has no MoE layer"
+    if world_size % ep:
+        return (f"train.expert_parallel: {ep} does not divide the world size {world_size} (--nproc {world_size}); "
+                f"1 trains without splitting the experts")
+    if args.n_routed_experts % ep:
+        return f"train.expert_parallel: {ep} does not divide the model's {args.n_routed_experts} routed experts"
+    return None
 
 
 def check_config(config: Config, backend: Backend, info: DistInfo, module: torch.nn.Module | None = None
@@ -101,6 +121,9 @@ def check_config(config: Config, backend: Backend, info: DistInfo, module: torch
                           f"{t.grad_accum} micro-batch(es)")
     if args is not None and t.seq_len > args.max_seq_len:
         raise ConfigError(f"train.seq_len: {t.seq_len} exceeds the model's max_seq_len {args.max_seq_len}")
+    problem = layout_problem(config, info.world_size, args)
+    if problem:
+        raise ConfigError(problem)
     if config.model.init and module is None:  # a source without a usable tokenizer fails before any weight is read
         init_tokenizer(config)
     params = None if module is None else sum(p.numel() for p in module.parameters())
@@ -126,16 +149,20 @@ def build_model(config: Config, target: str | Backend, info: DistInfo = DistInfo
             load_init_weights(model, config)
     model.to(backend.device(info.local_rank))
     inner = model
-    model = wrap_model(model, config.train.parallel, info, backend)
-    optimizer = build_optimizer(model, config.train)
+    experts = None
+    if config.train.expert_parallel > 1:
+        experts = build_layout(model, config.train.expert_parallel, info.world_size, backend.device_type)
+    model = wrap_model(model, config.train.parallel, info, backend,
+                       ignore=list(experts.params.values()) if experts else ())
+    optimizer = build_optimizer(model, config.train, apart=list(experts.params.values()) if experts else ())
     dtype = backend.compute_dtype(config)
     sharded = info.world_size > 1 and config.train.parallel == "fsdp"
     runner = StepRunner(model, optimizer, backend, dtype, config.train.grad_clip, sharded,
-                        checksums=config.health.enabled and config.health.checksums)
+                        checksums=config.health.enabled and config.health.checksums, experts=experts)
     if args is not None:
         total, active = param_counts(args, mtp=True)
         flops = flops_per_token(args, config.train.seq_len)
     else:  # a dense estimate: 6 FLOPs per parameter and token (forward + backward)
         total = active = sum(p.numel() for p in inner.parameters())
         flops = 6.0 * total
-    return Built(config, backend, info, args, model, inner, optimizer, runner, dtype, flops, total, active)
+    return Built(config, backend, info, args, model, inner, optimizer, runner, dtype, flops, total, active, experts)

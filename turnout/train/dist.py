@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -57,21 +58,28 @@ def shutdown_distributed() -> None:
     dist.destroy_process_group()
 
 
-def wrap_model(model: torch.nn.Module, parallel: str, info: DistInfo, backend: Backend) -> torch.nn.Module:
-    """DDP, or FSDP2 with `fully_shard` on every decoder block and the root; unchanged for one process."""
+def wrap_model(model: torch.nn.Module, parallel: str, info: DistInfo, backend: Backend,
+               ignore: Sequence[torch.nn.Parameter] = ()) -> torch.nn.Module:
+    """DDP, or FSDP2 with `fully_shard` on every decoder block and the root; unchanged for one process. `ignore`:
+    parameters left out of data parallelism (expert-parallel splits, whose gradients the caller reduces)."""
     if info.world_size <= 1:
         return model
     if parallel == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
+        ignored = set(ignore) or None
         # one FSDP unit per decoder block; MTP modules stay in the root unit because the model applies their
         # final norm outside their forward (the root's parameters are gathered for the whole forward)
         for block in model.layers:
-            fully_shard(block)
-        fully_shard(model)
+            fully_shard(block, ignored_params=ignored)
+        fully_shard(model, ignored_params=ignored)
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    if ignore:
+        skip = {id(p) for p in ignore}
+        DDP._set_params_and_buffers_to_ignore_for_model(model, [n for n, p in model.named_parameters()
+                                                                 if id(p) in skip])
     ids = None if backend.device_type == "cpu" else [info.local_rank]
     # experts are fused [E, ...] parameters, so every parameter takes part in every step
     return DDP(model, device_ids=ids)

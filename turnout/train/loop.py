@@ -82,7 +82,8 @@ class Trainer:
                                also=self.metrics.event)
         self.ckpt = Checkpointer(self.folder.root, keep=config.ckpt.keep, async_save=config.ckpt.async_save,
                                  attach={name: dataset.path / name for name in TOKENIZER_FILES
-                                         if (dataset.path / name).is_file()}, on_set_aside=self._set_aside)
+                                         if (dataset.path / name).is_file()}, on_set_aside=self._set_aside,
+                                 split=built.experts)
         self.step = 0
         self.sampler = dataset.sampler(config.train.seq_len, config.train.seed)
         self.recent_losses: list[tuple[int, float]] = []  # (step, loss) of the last steps, kept in the manifest
@@ -94,7 +95,8 @@ class Trainer:
         self.loss_check = LossCheck(config.health, self.events, built.backend.name)
         h = config.health
         self.replicas = (ReplicaCheck(list(built.model.parameters()), built.backend, self.info.world_size,
-                                      h.replica_check_interval, self.events, self.healer.policy)
+                                      h.replica_check_interval, self.events, self.healer.policy,
+                                      split=built.experts)
                          if h.enabled and h.replica_check_interval and self.info.world_size > 1
                          and not built.runner.sharded else None)  # DDP: every rank holds a full replica
         self.watchdog = Watchdog(config.health, self._on_hang)
@@ -154,7 +156,9 @@ class Trainer:
                         rng=encode_rng(b.backend.get_rng_state()),
                         extra={**self.rollbacks.state(), "recent_losses": self.recent_losses[-16:],
                                "health": self.healer.monitor.state(),
-                               "trust": {b.backend.name: self.healer.policy.state()}})
+                               "trust": {b.backend.name: self.healer.policy.state()},
+                               "mesh": b.experts.record() if b.experts else {"dp": self.info.world_size, "ep": 1,
+                                                                             "dims": ["dp", "ep"]}})
 
     def save(self) -> Path | None:
         """Write a checkpoint; None when the replicas disagree instead (the run went back to the last one)."""

@@ -109,6 +109,9 @@ class Reexecutor:
         Each rank computes its own micro-batches; gradients are averaged over ranks so the norms are global."""
         backend, model, runner = self._replica()
         state = get_model_state_dict(self.runner.model, options=StateDictOptions(full_state_dict=True))
+        split = self.runner.experts
+        if split is not None:  # expert parallelism: the replica holds every expert
+            state.update({n: split.gathered(p.detach()) for n, p in split.params.items()})
         model.load_state_dict({k: v.to(backend.device()) for k, v in state.items()})
         torch.set_rng_state(rng["cpu"])
         result = runner.compute(batches)  # one rank's view: losses are all-reduced, norms are local
@@ -119,6 +122,9 @@ class Reexecutor:
         Unsharded models only (one process or DDP)."""
         _, model, _ = self._replica()
         ref = dict(model.named_parameters())
+        split = self.runner.experts.params if self.runner.experts is not None else {}
         for name, p in self.runner.inner.named_parameters():
             g = ref[name].grad
+            if g is not None and name in split:
+                g = self.runner.experts.local_part(g)
             p.grad = None if g is None else g.to(p.device, p.dtype).clone()

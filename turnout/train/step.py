@@ -21,6 +21,7 @@ from turnout.backend import Backend
 from turnout.backend.checksums import ChecksumMode, StepChecks
 from turnout.train import conservation
 from turnout.train.dist import local_shard
+from turnout.train.expert_parallel import ExpertLayout, ExpertParallelExperts
 from turnout.train.optim_check import AdamWCheck, mismatches
 from turnout.train.optim import set_lr
 
@@ -80,7 +81,8 @@ class StepRunner:
     """Runs compute/apply for a (possibly wrapped) model on one backend."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, backend: Backend,
-                 dtype: torch.dtype, grad_clip: float, sharded: bool, checksums: bool = False):
+                 dtype: torch.dtype, grad_clip: float, sharded: bool, checksums: bool = False,
+                 experts: ExpertLayout | None = None):
         self.model = model
         self.inner = getattr(model, "module", model)
         self.optimizer = optimizer
@@ -89,12 +91,18 @@ class StepRunner:
         self.grad_clip = grad_clip
         self.sharded = sharded  # FSDP2: gradients are shards, so squared norms are summed over ranks
         self.groups = layer_groups(self.inner)
+        self.experts = experts  # expert parallelism: split weights, their gradients reduced here
+        self.split = {id(p) for p in experts.params.values()} if experts else set()
         self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         self.checksums = ChecksumMode() if checksums else None
         if self.checksums is not None and self.world > 1 and hasattr(model, "register_comm_hook"):  # DDP
             conservation.install(model, lambda: self.checksums.checks)
         elif self.checksums is not None and self.world > 1 and sharded:  # FSDP2
             conservation.install_fsdp(model, lambda: self.checksums.checks)
+        if self.checksums is not None and experts is not None:  # the token exchanges' conservation check
+            for m in self.inner.modules():
+                if isinstance(m, ExpertParallelExperts):
+                    m.checks = lambda: self.checksums.checks
         self.adamw_check = None  # the AdamW step's second evaluation, named by parameter
         if checksums:
             names = {id(p): n.removeprefix("module.") for n, p in model.named_parameters()}
@@ -126,6 +134,8 @@ class StepRunner:
                             out = self.model(x, targets=y)
                         (out.loss / n).backward()
                     parts[:4] += torch.stack([out.loss, out.ce, out.mtp, out.balance]).detach().double().cpu() / n
+            if self.experts is not None:
+                self.experts.reduce_grads()
             norms = self._grad_norms()
         self.backend.synchronize()
         if checks is not None:
@@ -141,14 +151,22 @@ class StepRunner:
 
     def _grad_norms(self) -> dict[str, float]:
         """Per-group gradient L2 norms (global over ranks); NaN/inf propagate so the monitor sees them."""
-        sq = []
+        def sq_sum(grads: list[torch.Tensor]) -> torch.Tensor:
+            return torch.stack([g.float().pow(2).sum() for g in grads]).sum() if grads else torch.zeros(())
+
+        sq, split = [], []
         for _, params in self.groups:
-            grads = [local_shard(p.grad).float() for p in params if p.grad is not None]
-            sq.append(torch.stack([g.pow(2).sum() for g in grads]).sum() if grads else torch.zeros(()))
+            grads = [p for p in params if p.grad is not None]
+            sq.append(sq_sum([local_shard(p.grad) for p in grads if id(p) not in self.split]))
+            split.append(sq_sum([p.grad for p in grads if id(p) in self.split]))
         sq = torch.stack(sq).to(torch.float64)
         if self.sharded and self.world > 1:
             sq = sq.to(self.backend.device())
             dist.all_reduce(sq, op=dist.ReduceOp.SUM)
+        if self.experts is not None and self.world > 1:  # each expert's gradient lives on one rank of the group
+            split = torch.stack(split).to(torch.float64).to(self.backend.device())
+            dist.all_reduce(split, op=dist.ReduceOp.SUM, group=self.experts.ep_group)
+            sq = sq.to(split.device) + split
         return {name: math.sqrt(v) if v >= 0 else float("nan") for (name, _), v in zip(self.groups, sq.cpu().tolist())}
 
     def grad_checksum(self) -> int:
