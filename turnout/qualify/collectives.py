@@ -1,7 +1,9 @@
 """Stage 6, collectives: all_reduce, all_gather, reduce_scatter and all_to_all on the target's process-group
 backend, two ranks through torchrun, each rank computing under the target's compute() (so an emulated accelerator
 that hangs or fails in collectives shows), checked against the analytically known answer at several sizes, plus
-all_reduce bandwidth.
+all_reduce bandwidth. With a MoE model, also expert parallelism's pattern: the per-destination row counts, then the
+token rows themselves through an uneven all_to_all_single at the model's size (its tokens per rank times top-k,
+`dim` wide; 60/40 split between the ranks, as routing loads are uneven), checked and timed.
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 -m turnout.qualify.collectives \\
         --target SPEC --out FILE          # each rank writes FILE.rankR.json
@@ -30,6 +32,7 @@ from turnout.backend import Backend, get_backend
 from turnout.errors import one_line
 from turnout.qualify.stage import StageResult
 
+EXCHANGE_MAX_BYTES = 64 << 20  # the expert-parallel exchange is capped at this many bytes sent per rank
 SIZES = (16, 4096, 262144)  # elements per rank: one vector, a cache line's worth of work, 1 MiB of fp32
 BANDWIDTH_SIZE = 1 << 20  # elements (4 MiB fp32) for the all_reduce bandwidth measurement
 WORLD = 2
@@ -76,6 +79,34 @@ def _cases(rank: int, world: int, n: int, device: torch.device):
             ("all_to_all", all_to_all, torch.cat([torch.full((n,), float(100 * j + rank)) for j in range(world)]))]
 
 
+def exchange_splits(rank: int, rows: int) -> list[int]:
+    """Rows rank `rank` sends to each of the two ranks: 60/40, the other way round on the other rank."""
+    a = rows * 3 // 5
+    return [a, rows - a] if rank == 0 else [rows - a, a]
+
+
+def _exchange_rows(src: int, dst: int, n: int, dim: int) -> torch.Tensor:
+    """The rows `src` sends `dst` [n, dim]: small integers, exact in fp32."""
+    return ((torch.arange(n * dim, dtype=torch.int64) + 3 * dst) % 7 + 1 + 100 * src).to(torch.float32).view(n, dim)
+
+
+def _exchange(rank: int, world: int, rows: int, dim: int, device: torch.device):
+    """run() -> received rows, and the expected rows, for the expert-parallel exchange."""
+    send = exchange_splits(rank, rows)
+    expected = torch.cat([_exchange_rows(j, rank, exchange_splits(j, rows)[rank], dim) for j in range(world)])
+    x = torch.cat([_exchange_rows(rank, j, send[j], dim) for j in range(world)]).to(device)
+
+    def run():
+        counts = torch.tensor(send, dtype=torch.int64, device=device)
+        recv = torch.empty_like(counts)
+        dist.all_to_all_single(recv, counts)  # the counts first: the splits are uneven
+        out = torch.empty(int(recv.sum()), dim, device=device)
+        dist.all_to_all_single(out, x, recv.tolist(), send)
+        return out
+
+    return run, expected
+
+
 def _time(fn, backend: Backend):
     dist.barrier()
     backend.synchronize()
@@ -85,8 +116,9 @@ def _time(fn, backend: Backend):
     return out, time.perf_counter() - t0
 
 
-def worker(spec: str, out: str, timeout_s: float) -> int:
-    """One rank: every collective at every size, then bandwidth; results to OUT.rankR.json."""
+def worker(spec: str, out: str, timeout_s: float, exchange: tuple[int, int] | None = None) -> int:
+    """One rank: every collective at every size, the expert-parallel exchange of `exchange` = (rows sent per rank,
+    dim) when given, then bandwidth; results to OUT.rankR.json."""
     from turnout.train.dist import init_distributed, shutdown_distributed
 
     backend = get_backend(spec)
@@ -109,6 +141,28 @@ def worker(spec: str, out: str, timeout_s: float) -> int:
             except Exception as e:  # noqa: BLE001 - the failure is the result
                 row.update(ok=False, error=one_line(e))
             results.append(row)
+    ep = None
+    if exchange is not None:
+        rows, dim = exchange
+        step += 1
+        backend.set_step(step)
+        row = {"op": "all_to_all_ep", "numel": rows * dim, "bytes": 4 * rows * dim, "rank": rank,
+               "splits": exchange_splits(rank, rows)}
+        try:
+            fn, expected = _exchange(rank, world, rows, dim, device)
+            with backend.compute():
+                got, secs = _time(fn, backend)
+                times = [_time(fn, backend)[1] for _ in range(3)]
+            got = got.cpu()
+            ok = got.shape == expected.shape and torch.equal(got, expected)
+            t = statistics.median(times)
+            row.update(ok=bool(ok), seconds=secs, host=got.device.type,
+                       max_err=float((got - expected).abs().max()) if got.shape == expected.shape else float("inf"))
+            ep = {"rows": rows, "dim": dim, "bytes": 4 * rows * dim, "seconds": t,
+                  "algbw_GBps": 4 * rows * dim / t / 1e9}
+        except Exception as e:  # noqa: BLE001 - the failure is the result
+            row.update(ok=False, error=one_line(e))
+        results.append(row)
     try:
         x = torch.ones(BANDWIDTH_SIZE, device=device)
         with backend.compute():
@@ -121,7 +175,7 @@ def worker(spec: str, out: str, timeout_s: float) -> int:
     except Exception as e:  # noqa: BLE001
         bandwidth = {"error": one_line(e)}
     record = {"rank": rank, "world": world, "backend": backend.collective, "results": results,
-              "bandwidth": bandwidth, "injected": [e["kind"] for e in getattr(backend, "events", [])]}
+              "bandwidth": bandwidth, "exchange": ep, "injected": [e["kind"] for e in getattr(backend, "events", [])]}
     Path(f"{out}.rank{rank}.json").write_text(json.dumps(record))
     shutdown_distributed()
     return 0
@@ -152,8 +206,18 @@ def skip_reason(target: Backend) -> str | None:
     return None
 
 
-def start(target: Backend, out_dir: Path, timeout_s: float) -> Job:
-    """Launch the two-rank job in the background (its own session, so a hang can be killed as a group)."""
+def exchange_for(dim: int, n_routed_experts: int, topk: int, tokens_per_rank: int) -> tuple[int, int] | None:
+    """(rows each rank sends, dim) of the expert-parallel exchange at two ranks: tokens per rank times top-k rows
+    of `dim` fp32 values, capped at EXCHANGE_MAX_BYTES; None for a model without routed experts."""
+    if not n_routed_experts or not topk:
+        return None
+    rows = max(min(tokens_per_rank * topk, EXCHANGE_MAX_BYTES // (4 * dim)), 2)
+    return rows, dim
+
+
+def start(target: Backend, out_dir: Path, timeout_s: float, exchange: tuple[int, int] | None = None) -> Job:
+    """Launch the two-rank job in the background (its own session, so a hang can be killed as a group);
+    `exchange` (rows, dim): also run the expert-parallel exchange at that size."""
     why = skip_reason(target)
     if why:
         return Job(None, Path(), Path(), time.time(), skipped=why)
@@ -163,7 +227,7 @@ def start(target: Backend, out_dir: Path, timeout_s: float) -> Job:
         old.unlink()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
            "-m", "turnout.qualify.collectives", "--target", target.name, "--out", str(out),
-           "--timeout", str(timeout_s)]
+           "--timeout", str(timeout_s)] + (["--exchange", f"{exchange[0]}x{exchange[1]}"] if exchange else [])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     with open(log, "wb") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -211,9 +275,13 @@ def finish(job: Job, target: Backend, timeout_s: float) -> StageResult:
         st.find("collectives_error", f"{r['op']} of {r['numel']} elements on rank {r['rank']} failed: {r['error']}")
     bw = ranks[0].get("bandwidth") or {}
     st.evidence["bandwidth"] = bw
+    ep = ranks[0].get("exchange")
+    st.evidence["exchange"] = ep
     ok = len(rows) - len(wrong) - len(errors)
     st.summary = (f"{ok} of {len(rows)} checks correct over {WORLD} ranks via {target.collective}"
-                  + (f"; all_reduce bus bandwidth {bw['busbw_GBps']:.3g} GB/s" if "busbw_GBps" in bw else ""))
+                  + (f"; all_reduce bus bandwidth {bw['busbw_GBps']:.3g} GB/s" if "busbw_GBps" in bw else "")
+                  + (f"; expert-parallel all_to_all of {ep['rows']} x {ep['dim']} rows (60/40 split) "
+                     f"{ep['algbw_GBps']:.3g} GB/s" if ep else ""))
     return st
 
 
@@ -236,8 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", required=True)
     p.add_argument("--out", required=True, help="results prefix: each rank writes PREFIX.rankR.json")
     p.add_argument("--timeout", type=float, default=60.0, help="process-group timeout in seconds")
+    p.add_argument("--exchange", default=None, help="ROWSxDIM: also the expert-parallel all_to_all at this size")
     a = p.parse_args(argv)
-    return worker(a.target, a.out, a.timeout)
+    ex = tuple(int(v) for v in a.exchange.split("x")) if a.exchange else None
+    return worker(a.target, a.out, a.timeout, ex)
 
 
 if __name__ == "__main__":

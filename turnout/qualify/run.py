@@ -37,7 +37,7 @@ from turnout.qualify.coverage import covers
 from turnout.qualify.workload import Settings, Workload, load_foreign, load_workload
 from turnout.report.qualify_page import write_qualify_report
 from turnout.report.rundir import QualifyDir
-from turnout.train.build import refusals
+from turnout.train.build import model_args, refusals
 
 STAGES = (("capabilities", "Capabilities"), ("ops", "Op conformance"), ("blocks", "Block parity"),
           ("determinism", "Determinism"), ("training", "Training parity"), ("sdc", "SDC coverage"),
@@ -130,6 +130,17 @@ def qualify(config: Config, target: str | Backend, out_dir: str | Path, *, refer
     return result
 
 
+def _exchange(config: Config, foreign: tuple | None) -> tuple[int, int] | None:
+    """The expert-parallel exchange's size for the configured model (None for a model without routed experts)."""
+    if foreign is not None:
+        return None
+    a = model_args(config)
+    if a.n_layers <= a.n_dense_layers:
+        return None
+    tokens = config.train.batch_size // collectives.WORLD * config.train.seq_len
+    return collectives.exchange_for(a.dim, a.n_routed_experts, a.n_activated_experts, tokens)
+
+
 def _stages(run: _Runner, config: Config, tgt: Backend, ref: Backend, s: Settings, out: Path, log: Log,
             foreign: tuple | None, params: int | None) -> Workload | None:
     caps = run("capabilities", lambda: check_capabilities(config, tgt, params), tgt.name)
@@ -140,7 +151,7 @@ def _stages(run: _Runner, config: Config, tgt: Backend, ref: Backend, s: Setting
         return None
     dtype_name = tgt.compute_dtype_name(config)
     dtype = DTYPES[dtype_name]
-    job = collectives.start(tgt, out, s.collectives_timeout) if s.collectives else None
+    job = collectives.start(tgt, out, s.collectives_timeout, _exchange(config, foreign)) if s.collectives else None
     work: Workload = load_workload(config, s, log=lambda m: log(f"  {m}"), model=foreign)
     d = work.describe()
     log(f"  model: {d['architecture']} from {d['source']}, {d['params']:,} parameters, {d['blocks']} blocks; "
