@@ -28,8 +28,8 @@ def test_cpu_is_train_ready_with_full_evidence(qualified):
     col = r["stages"]["collectives"]["evidence"]
     assert len(col["ranks"]) == 2 and all(row["ok"] for rk in col["ranks"] for row in rk["results"])
     assert {row["op"] for row in col["ranks"][0]["results"]} == {"all_reduce", "all_gather", "reduce_scatter",
-                                                                 "all_to_all"}
-    assert col["bandwidth"]["busbw_GBps"] > 0
+                                                                 "all_to_all", "all_to_all_ep"}
+    assert col["bandwidth"]["busbw_GBps"] > 0 and col["exchange"]["algbw_GBps"] > 0
     perf = r["stages"]["perf"]["evidence"]
     assert perf["target_tokens_per_s"] > 0 and 0 < perf["mfu"] < 1 and perf["matmul_peak_flops"]["fp32"] > 1e8
     sdc = r["stages"]["sdc"]["evidence"]  # the short campaign: flips placed at random, none falsely alarmed
