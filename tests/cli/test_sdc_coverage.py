@@ -3,6 +3,8 @@ own draws, the page renders, and bad input is one line with exit 2."""
 
 import json
 
+import pytest
+
 from turnout.cli.main import main
 
 SMALL = ["--set", "train.batch_size=2", "--set", "train.seq_len=16", "--set", "model.preset='debug'"]
@@ -42,3 +44,23 @@ def test_a_bf16_target_has_no_false_alarms_under_reordering_noise(tmp_path):
                  "6", "--seed", "1", "--out", str(out), *SMALL, "--set", "model.overrides={attn_impl='blocked'}"]) == 0
     r = json.loads((out / "sdc-coverage.json").read_text())
     assert r["dtype"] == "bfloat16" and r["false_alarms"]["alarms"] == 0 and r["flips"] == 6
+
+
+@pytest.mark.dist
+def test_two_ranks_flip_the_gradient_all_reduce_too_and_agree_on_every_figure(tmp_path, capsys):
+    """--nproc 2: flips land on both ranks, a share of them in a gradient bucket's all-reduce result; the one
+    report holds every rank's flips, and the conservation check catches each one that turned a value huge or
+    non-finite, with no false alarm."""
+    out = tmp_path / "cov"
+    assert main(["sdc-coverage", "--config", "configs/debug.toml", "--flips", "24", "--steps", "6", "--seed", "5",
+                 "--nproc", "2", "--out", str(out), *SMALL]) == 0
+    r = json.loads((out / "sdc-coverage.json").read_text())
+    assert r["flips"] == len(r["records"]) == 24 and r["false_alarms"]["alarms"] == 0
+    reduce = [rec for rec in r["records"] if rec["op"] == "c10d::allreduce"]
+    assert reduce and r["by_op"]["c10d::allreduce"]["flips"] == len(reduce)
+    assert any(rec["detected"] for rec in reduce)  # by the conservation check: no product saw these
+    assert any(rec["op"] != "c10d::allreduce" for rec in r["records"])
+    for rec in r["records"]:
+        after = rec["after"] if isinstance(rec["after"], float) else float("inf")  # JSON spells inf and NaN so
+        if rec["bit_class"] == "exponent" and not abs(after) <= max(1e3 * abs(rec["before"]), 1e-30):
+            assert rec["detected"], rec

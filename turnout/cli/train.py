@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -57,41 +56,6 @@ def _config_for(args: argparse.Namespace):
     return config
 
 
-def _launch_torchrun(args: argparse.Namespace) -> int:
-    """Re-run this command as --nproc ranks through torchrun (standalone on this machine); the ranks' exit code."""
-    from turnout.train.launch import command
-
-    cleaned, skip = [], False
-    for a in sys.argv[1:]:
-        if skip:
-            skip = False
-            continue
-        if a == "--nproc":
-            skip = True
-            continue
-        if a.startswith("--nproc="):
-            continue
-        cleaned.append(a)
-    return _forwarding_signals(subprocess.Popen(command(args.nproc, cleaned)))
-
-
-def _forwarding_signals(child: subprocess.Popen) -> int:
-    """Wait for `child`, passing SIGTERM/SIGINT on to it (the launcher stops its ranks, which checkpoint at a step
-    boundary), so the job never outlives this process unattended; its exit code."""
-    import signal
-
-    def forward(signum: int, frame: object) -> None:
-        if child.poll() is None:
-            child.send_signal(signum)
-
-    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        return child.wait()
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-
-
 def _supervise(args: argparse.Namespace, config, fallback: list[str]) -> int:
     """--fallback: this process becomes the supervisor; workers train and it moves the run between targets."""
     from turnout.backend import default_spec, get_backend
@@ -139,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
     if fallback:
         return _supervise(args, config, fallback)
     if args.nproc > 1:
-        return _launch_torchrun(args)
+        from turnout.train.launch import relaunch
+
+        return relaunch(args.nproc)
     from turnout.ckpt import latest_checkpoint, read_manifest
     from turnout.train import train
     from turnout.failover.worker import SUPERVISED_ENV

@@ -6,11 +6,15 @@ correct device that orders its sums differently does: the run's own noise, and a
 then once per flip assigned to that step with one bit of one element of one product output flipped: a random
 product call of the step (forward or backward, fused attention included), element and bit. A tenth of the flips
 are written by the AdamW step instead, into a random element of a parameter or of a moment, and judged by the
-step's own check (their effect: the step's loss with what the step left, against a clean step). Collectives are
-not injected here (one process); the two-rank test of the conservation check covers them. The clean result is
-applied, so the model moves on as a clean run would and later flips meet later weights. A flip counts as
-detected when the step's checks fail; as harmful when it moves the step's loss or gradient norms by more than
-the jitter did at that step (and by more than the jitter's median effect over the run).
+step's own check (their effect: the step's loss with what the step left, against a clean step). Run on several
+ranks (`turnout sdc-coverage --nproc N`, DDP), every flip lands on a randomly drawn rank, and a fifth of them go
+into the gradient reduction instead: one bit of one element of one bucket's all-reduce result on that rank,
+judged by the conservation check (turnout.train.conservation); figures are the largest over the ranks. The
+clean result is applied, so the model moves on as a clean run would and later flips meet later weights. A flip
+counts as detected when the step's checks fail on any rank; as harmful when it moves the step's loss or gradient
+norms by more than the jitter did at that step (and by more than the jitter's median effect over the run). A
+reduction flip's harm is judged on its step alone: applied, it would also leave that rank's weights apart from
+the others' (what the replica check catches later).
 
 Faults are placed only by the campaign's own seeded draws, never at steps or calls a detector looks at.
 """
@@ -29,17 +33,18 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from turnout.backend import Backend, get_backend
 from turnout.backend.checksums import CHECKED_OPS, phase
-from turnout.backend.sim_faults import UlpJitter, flip_bit
+from turnout.backend.sim_faults import UlpJitter, collective_results, flip_bit, wait_work
 from turnout.config import Config, from_dict
 from turnout.qualify.stage import StageResult
 from turnout.qualify.workload import Settings, Workload
 from turnout.train.build import build_dataset, build_model
-from turnout.train.dist import DistInfo, local_shard
+from turnout.train.dist import DistInfo, all_gather_json, all_max, local_shard
 from turnout.train.rerun import GradSnapshot, relative_difference
 from turnout.train.schedule import lr_at
 
 BIT_CLASSES = ("sign", "exponent", "top-3 mantissa", "other mantissa")
 OPTIMIZER_SHARE = 0.1  # of the flips: written by the AdamW step into a parameter or moment, the rest into products
+REDUCE_SHARE = 0.2  # of the flips on several ranks: into a gradient bucket's all-reduce result
 _STATE = ("param", "exp_avg", "exp_avg_sq")
 _LAYOUT = {torch.float32: (31, 23), torch.bfloat16: (15, 7), torch.float16: (15, 10), torch.float64: (63, 52)}
 
@@ -68,14 +73,18 @@ class _Products(TorchDispatchMode):
     """Below the checksum mode: counts the model's product calls, and either flips one bit of one element of call
     `at` (a fraction `where` into its first floating output) or jitters every product output."""
 
-    def __init__(self, at: int = -1, where: float = 0.0, bit: int = 0, jitter: UlpJitter | None = None):
+    def __init__(self, at: int = -1, where: float = 0.0, bit: int = 0, jitter: UlpJitter | None = None,
+                 bucket: int = -1):
         super().__init__()
-        self.at, self.where, self.bit, self.jitter = at, where, bit, jitter
+        self.at, self.where, self.bit, self.jitter, self.bucket = at, where, bit, jitter, bucket
         self.calls = 0
+        self.buckets = 0  # gradient all-reduces seen (DDP's buckets; the float64 statistics beside them are not)
         self.flip: dict[str, Any] | None = None
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        if func.namespace == "c10d" and func.overloadpacket.__name__.rstrip("_") == "allreduce":
+            return self._reduced(out, args)
         if not _is_product(func):
             return out
         i, self.calls = self.calls, self.calls + 1
@@ -103,6 +112,25 @@ class _Products(TorchDispatchMode):
         return new
 
 
+    def _reduced(self, out: Any, args: tuple) -> Any:
+        """A bucket's all-reduce: counted, and on call `bucket` one bit of its result flipped once it is final."""
+        results = collective_results("c10d::allreduce", out, args)
+        if not results or results[0].dtype == torch.float64:
+            return out
+        i, self.buckets = self.buckets, self.buckets + 1
+        if i != self.bucket:
+            return out
+        wait_work(out)  # the result is final only now: a flip written earlier would be overwritten
+        t = results[0]
+        index = min(int(self.where * t.numel()), t.numel() - 1)
+        new, bit = flip_bit(t, index, self.bit)
+        self.flip = {"op": "c10d::allreduce", "phase": "backward", "dtype": t.dtype, "bit": bit,
+                     "before": float(t.reshape(-1)[index]), "after": float(new.reshape(-1)[index]),
+                     "time": time.perf_counter()}
+        t.copy_(new.view(t.shape))
+        return out
+
+
 def _loss(runner, batches, rng: dict) -> float:
     """This step's loss (forward only) with the weights as they are now."""
     runner.backend.set_rng_state(rng)
@@ -110,10 +138,12 @@ def _loss(runner, batches, rng: dict) -> float:
         return sum(float(runner.model(x, targets=y).loss) for x, y in batches) / len(batches)
 
 
-def _optimizer_trial(runner, clean, lr: float, draw: random.Random, batches, rng: dict) -> dict:
-    """One AdamW step that writes one flipped bit into a random element of a parameter or moment, judged by the
-    step's own check; its effect is this step's loss with what the step left against a clean step's. Leaves the
-    parameters, moments, step counts, router biases and gradients as they were."""
+def _optimizer_trial(runner, clean, lr: float, draw: random.Random, batches, rng: dict, mine: bool) -> dict | None:
+    """One AdamW step that writes one flipped bit into a random element of a parameter or moment (on this rank when
+    `mine`: every rank draws alike and takes the step), judged by the step's own check on any rank; its effect is
+    this step's loss with what the step left against a clean step's, the largest over ranks. Leaves the
+    parameters, moments, step counts, router biases and gradients as they were. The flipping rank's record, else
+    None."""
     check, opt, inner = runner.adamw_check, runner.optimizer, runner.inner
     grads, biases = GradSnapshot(runner), [m.gate.bias.clone() for m in inner.moe_layers()]
     saved = check.before()
@@ -124,7 +154,7 @@ def _optimizer_trial(runner, clean, lr: float, draw: random.Random, batches, rng
 
     def step(*a, **k):
         out = real(*a, **k)
-        if not flip:  # the first run of the step only: a re-taken step is clean (a transient fault)
+        if mine and not flip:  # the first run of the step only: a re-taken step is clean (a transient fault)
             t = local_shard(p.detach() if what == "param" else opt.state[p][what])
             index = min(int(where * t.numel()), t.numel() - 1)
             new, b = flip_bit(t, index, bit)
@@ -145,14 +175,16 @@ def _optimizer_trial(runner, clean, lr: float, draw: random.Random, batches, rng
     finally:
         del opt.step
     done = time.perf_counter()
-    detected = bool(runner.optimizer_findings and runner.optimizer_findings[0])
+    device = runner.backend.device()
+    detected = all_max(float(bool(runner.optimizer_findings and runner.optimizer_findings[0])), device) > 0
     after = _loss(runner, batches, rng)
     undo()
     runner.apply(clean, lr)
     reference = _loss(runner, batches, rng)
     undo()
-    effect = abs(after - reference) / max(abs(reference), 1e-12) if math.isfinite(after) else math.inf
-    return _record(flip, detected, effect, done)
+    effect = all_max(abs(after - reference) / max(abs(reference), 1e-12) if math.isfinite(after) else math.inf,
+                     device)
+    return _record(flip, detected, effect, done) if mine else None
 
 
 def _record(flip: dict[str, Any], detected: bool, effect: float, done: float) -> dict[str, Any]:
@@ -181,22 +213,25 @@ def _table(rows: list[dict], key: str) -> dict[str, dict]:
 
 
 def run_campaign(config: Config, target: str | Backend, *, flips: int, steps: int, seed: int,
-                 log: Callable[[str], None] | None = None, work: Workload | None = None) -> dict[str, Any]:
+                 log: Callable[[str], None] | None = None, work: Workload | None = None,
+                 info: DistInfo = DistInfo()) -> dict[str, Any]:
     """Inject `flips` single-bit flips over `steps` training steps of `config` on `target`; returns the figures
     (see the module doc) and one record per flip. With `work` (a qualification workload, checksums on in its
-    config), its model and its fixed batches are used instead of the configured model and data."""
+    config), its model and its fixed batches are used instead of the configured model and data. With `info` of a
+    process group (every rank calls this alike), the run is data-parallel and every rank returns the figures."""
     if not config.health.checksums:
         raise ValueError("health.checksums is off: there is nothing to measure")
     if work is None:
-        built = build_model(config, target)
-        sampler = build_dataset(config, built.args, DistInfo(), None).sampler(config.train.seq_len, config.train.seed)
+        built = build_model(config, target, info)
+        sampler = build_dataset(config, built.args, info, None).sampler(config.train.seq_len, config.train.seed)
         next_batch = lambda: sampler.next_batch(config.train.batch_size)  # noqa: E731
     else:
         built = work.build(target)
         fixed = iter(work.batches[i % len(work.batches)] for i in range(steps))
         next_batch = lambda: next(fixed)  # noqa: E731
     runner, backend = built.runner, built.backend
-    draw = random.Random(seed)
+    device = backend.device(info.local_rank)
+    draw = random.Random(seed)  # the same draws on every rank: each flip's rank is one of them
     per_step = [flips // steps + (1 if s < flips % steps else 0) for s in range(steps)]
     draw.shuffle(per_step)
     jitter = UlpJitter(seed + 1, 2)
@@ -211,39 +246,53 @@ def run_campaign(config: Config, target: str | Backend, *, flips: int, steps: in
         count = _Products()
         with count:
             clean = runner.compute(batches)
-        if clean.flagged:
+        if clean.flagged and clean.checks.collect():  # on the ranks whose checks failed
             alarms.append({"step": s + 1, "kind": "clean", "checks": [m.to_dict() for m in clean.checks.collect()]})
         snap = GradSnapshot(runner)
         backend.set_rng_state(rng)
         with _Products(jitter=jitter):
             jittered = runner.compute(batches)
-        if jittered.flagged:
+        if jittered.flagged and jittered.checks.collect():
             alarms.append({"step": s + 1, "kind": "jittered",
                            "checks": [m.to_dict() for m in jittered.checks.collect()]})
-        step_noise = relative_difference(clean, jittered)
+        step_noise = all_max(relative_difference(clean, jittered), device)
         noise.append(step_noise)
         lr = lr_at(s, config.train, 1.0)
         for _ in range(per_step[s]):
-            if draw.random() < OPTIMIZER_SHARE and runner.adamw_check is not None:
-                records.append({"step": s + 1, **_optimizer_trial(runner, clean, lr, draw, batches, rng),
-                                "noise": step_noise})
+            # every rank draws alike (the same calls and buckets everywhere), so all take the same trials
+            kind = draw.random()
+            mine = info.world_size == 1 or draw.randrange(info.world_size) == info.rank
+            if kind < OPTIMIZER_SHARE and runner.adamw_check is not None:
+                rec = _optimizer_trial(runner, clean, lr, draw, batches, rng, mine)
+                if rec is not None:
+                    records.append({"step": s + 1, **rec, "noise": step_noise})
                 continue
             backend.set_rng_state(rng)
-            inj = _Products(at=draw.randrange(count.calls), where=draw.random(), bit=draw.randrange(64))
+            if info.world_size > 1 and kind > 1 - REDUCE_SHARE and count.buckets:
+                at = draw.randrange(count.buckets)
+                inj = _Products(bucket=at if mine else -1, where=draw.random(), bit=draw.randrange(64))
+            else:
+                at = draw.randrange(count.calls)
+                inj = _Products(at=at if mine else -1, where=draw.random(), bit=draw.randrange(64))
             with inj:
                 faulty = runner.compute(batches)
             done = time.perf_counter()
-            f = inj.flip
-            if f is None:
-                continue
-            records.append({"step": s + 1, **_record(f, bool(faulty.flagged), relative_difference(clean, faulty), done),
-                            "noise": step_noise})
+            effect = all_max(relative_difference(clean, faulty), device)  # every rank: a collective
+            if inj.flip is not None:
+                records.append({"step": s + 1, **_record(inj.flip, bool(faulty.flagged), effect, done),
+                                "noise": step_noise})
         snap.restore(runner)
         runner.apply(clean, lr)
         if log is not None and ((s + 1) % max(steps // 10, 1) == 0 or s + 1 == steps):
             caught = sum(r["detected"] for r in records)
-            log(f"[sdc-coverage] step {s + 1}/{steps}: {len(records)} flips, {caught} detected, "
+            mine_only = " on rank 0" if info.world_size > 1 else ""  # each rank holds its own flips until the end
+            log(f"[sdc-coverage] step {s + 1}/{steps}: {len(records)} flips{mine_only}, {caught} detected, "
                 f"{len(alarms)} false alarm(s), {time.perf_counter() - t0:.0f} s")
+    records = sorted(all_gather_json(records, device), key=lambda r: r["step"])  # each flip is on one rank
+    merged: dict[tuple[int, str], dict] = {}  # one alarm per step run, whichever ranks saw it
+    for a in all_gather_json(alarms, device):
+        merged.setdefault((a["step"], a["kind"]), {**a, "checks": []})["checks"] += a["checks"]
+    alarms = [merged[k] for k in sorted(merged)]
     return _summary(config, built, built.backend.name, records, alarms, noise, steps, seed, time.perf_counter() - t0)
 
 

@@ -7,6 +7,8 @@ target's process-group backend (gloo on CPU and sim targets, nccl on cuda, hccl 
 from __future__ import annotations
 
 import datetime
+import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -102,3 +104,27 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
         values /= dist.get_world_size()
     return values
+
+
+def all_max(value: float, device: torch.device) -> float:
+    """The largest of every rank's `value` (inf and NaN as they are: NaN wins); `value` itself in one process."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return value
+    t = torch.tensor([math.inf if math.isnan(value) else value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
+
+
+def all_gather_json(items: list, device: torch.device) -> list:
+    """Every rank's list of JSON values, concatenated in rank order (as UTF-8 bytes in tensors: no pickling); the
+    list itself in one process."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return items
+    world = dist.get_world_size()
+    data = torch.tensor(list(json.dumps(items).encode()), dtype=torch.uint8, device=device)
+    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([data.numel()], dtype=torch.int64, device=device))
+    longest = max(int(s) for s in sizes)
+    parts = [torch.zeros(longest, dtype=torch.uint8, device=device) for _ in range(world)]
+    dist.all_gather(parts, torch.cat([data, data.new_zeros(longest - data.numel())]))
+    return [x for p, s in zip(parts, sizes) for x in json.loads(bytes(p[:int(s)].cpu().tolist()).decode())]

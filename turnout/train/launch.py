@@ -19,6 +19,35 @@ def command(nproc: int, args: list[str]) -> list[str]:
     return [sys.executable, "-m", "turnout.train.launch", str(nproc), *args]
 
 
+def relaunch(nproc: int, argv: list[str] | None = None) -> int:
+    """Run `turnout ARGV` (default: this process's own command line) as `nproc` ranks, --nproc dropped from it,
+    waiting for them and passing SIGTERM/SIGINT on (the launcher stops its ranks), so the job never outlives
+    this process unattended; the ranks' exit code."""
+    import signal
+    import subprocess
+
+    cleaned, skip = [], False
+    for a in sys.argv[1:] if argv is None else argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            cleaned.append(a)
+    child = subprocess.Popen(command(nproc, cleaned))
+
+    def forward(signum: int, frame: object) -> None:
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return child.wait()
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
 def exit_code(codes: list[int], first: int) -> int:
     """One code for a failed group: the first failing rank's, unless it was only killed in the teardown (a
     signal, negative), then any rank's own positive code; 1 when none has one."""
