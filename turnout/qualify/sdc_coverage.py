@@ -98,12 +98,7 @@ class _Products(TorchDispatchMode):
             work = t if torch.finfo(t.dtype).eps <= torch.finfo(torch.float32).eps else t.float()
             new = self.jitter(work, func.overloadpacket.__name__).to(t.dtype)
         else:
-            index = min(int(self.where * t.numel()), t.numel() - 1)
-            new, bit = flip_bit(t, index, self.bit)
-            new = new.view(t.shape)
-            self.flip = {"op": f"aten::{func.overloadpacket.__name__}", "phase": phase(), "dtype": t.dtype,
-                         "bit": bit, "before": float(t.reshape(-1)[index]), "after": float(new.reshape(-1)[index]),
-                         "time": time.perf_counter()}
+            new = self._flipped(t, f"aten::{func.overloadpacket.__name__}", phase())
         if func._schema.returns and func._schema.returns[0].alias_info is not None:  # in place: the caller's tensor
             t.copy_(new)
             return out
@@ -111,6 +106,15 @@ class _Products(TorchDispatchMode):
             return type(out)(new if k == j else o for k, o in enumerate(out))
         return new
 
+    def _flipped(self, t: torch.Tensor, op: str, where_in_step: str) -> torch.Tensor:
+        """`t` with bit `bit` of its element at fraction `where` flipped (a new tensor), recorded in `flip`."""
+        index = min(int(self.where * t.numel()), t.numel() - 1)
+        new, bit = flip_bit(t, index, self.bit)
+        new = new.view(t.shape)
+        self.flip = {"op": op, "phase": where_in_step, "dtype": t.dtype, "bit": bit,
+                     "before": float(t.reshape(-1)[index]), "after": float(new.reshape(-1)[index]),
+                     "time": time.perf_counter()}
+        return new
 
     def _reduced(self, out: Any, args: tuple) -> Any:
         """A bucket's all-reduce: counted, and on call `bucket` one bit of its result flipped once it is final."""
@@ -121,13 +125,7 @@ class _Products(TorchDispatchMode):
         if i != self.bucket:
             return out
         wait_work(out)  # the result is final only now: a flip written earlier would be overwritten
-        t = results[0]
-        index = min(int(self.where * t.numel()), t.numel() - 1)
-        new, bit = flip_bit(t, index, self.bit)
-        self.flip = {"op": "c10d::allreduce", "phase": "backward", "dtype": t.dtype, "bit": bit,
-                     "before": float(t.reshape(-1)[index]), "after": float(new.reshape(-1)[index]),
-                     "time": time.perf_counter()}
-        t.copy_(new.view(t.shape))
+        results[0].copy_(self._flipped(results[0], "c10d::allreduce", "backward"))
         return out
 
 
@@ -138,7 +136,8 @@ def _loss(runner, batches, rng: dict) -> float:
         return sum(float(runner.model(x, targets=y).loss) for x, y in batches) / len(batches)
 
 
-def _optimizer_trial(runner, clean, lr: float, draw: random.Random, batches, rng: dict, mine: bool) -> dict | None:
+def _optimizer_trial(runner, clean, lr: float, draw: random.Random, batches, rng: dict, mine: bool,
+                     device: torch.device) -> dict | None:
     """One AdamW step that writes one flipped bit into a random element of a parameter or moment (on this rank when
     `mine`: every rank draws alike and takes the step), judged by the step's own check on any rank; its effect is
     this step's loss with what the step left against a clean step's, the largest over ranks. Leaves the
@@ -175,7 +174,6 @@ def _optimizer_trial(runner, clean, lr: float, draw: random.Random, batches, rng
     finally:
         del opt.step
     done = time.perf_counter()
-    device = runner.backend.device()
     detected = all_max(float(bool(runner.optimizer_findings and runner.optimizer_findings[0])), device) > 0
     after = _loss(runner, batches, rng)
     undo()
@@ -246,15 +244,13 @@ def run_campaign(config: Config, target: str | Backend, *, flips: int, steps: in
         count = _Products()
         with count:
             clean = runner.compute(batches)
-        if clean.flagged and clean.checks.collect():  # on the ranks whose checks failed
-            alarms.append({"step": s + 1, "kind": "clean", "checks": [m.to_dict() for m in clean.checks.collect()]})
         snap = GradSnapshot(runner)
         backend.set_rng_state(rng)
         with _Products(jitter=jitter):
             jittered = runner.compute(batches)
-        if jittered.flagged and jittered.checks.collect():
-            alarms.append({"step": s + 1, "kind": "jittered",
-                           "checks": [m.to_dict() for m in jittered.checks.collect()]})
+        for run, result in (("clean", clean), ("jittered", jittered)):  # on the ranks whose checks failed
+            if result.checks.collect():
+                alarms.append({"step": s + 1, "kind": run, "checks": [m.to_dict() for m in result.checks.collect()]})
         step_noise = all_max(relative_difference(clean, jittered), device)
         noise.append(step_noise)
         lr = lr_at(s, config.train, 1.0)
@@ -263,7 +259,7 @@ def run_campaign(config: Config, target: str | Backend, *, flips: int, steps: in
             kind = draw.random()
             mine = info.world_size == 1 or draw.randrange(info.world_size) == info.rank
             if kind < OPTIMIZER_SHARE and runner.adamw_check is not None:
-                rec = _optimizer_trial(runner, clean, lr, draw, batches, rng, mine)
+                rec = _optimizer_trial(runner, clean, lr, draw, batches, rng, mine, device)
                 if rec is not None:
                     records.append({"step": s + 1, **rec, "noise": step_noise})
                 continue
