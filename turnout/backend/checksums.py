@@ -59,6 +59,11 @@ class Mismatch:
             return (f"{self.op} ({self.phase}) of {self.shape[0]} rows: the {what} of what came from its rank "
                     f"{self.row // 2} is off what was sent by {self.discrepancy:.3g}, bound {self.bound:.3g} "
                     f"({self.ratio:.3g}x)")
+        if self.op == "c10d::all_gather":  # FSDP2's parameter all-gather: shape (world, shard), row = r * world + j
+            r, j = divmod(self.row, self.shape[0])
+            return (f"{self.op} ({self.phase}) of {self.shape[1]}-element parameter shards: rank {r}'s copy of rank "
+                    f"{j}'s shard sums off what was sent by {self.discrepancy:.3g}, bound {self.bound:.3g} "
+                    f"({self.ratio:.3g}x)")
         if self.op.startswith("c10d::"):  # a collective's conservation check (turnout.train.conservation)
             return (f"{self.op} of a {self.shape[0]}-element gradient bucket: its sum is off the ranks' summed local "
                     f"sums by {self.discrepancy:.3g}, bound {self.bound:.3g} ({self.ratio:.3g}x)")

@@ -15,6 +15,14 @@ small all-reduce of a [3, world] float64 tensor: each rank's sums and squared no
 and the sum of the shard it received in its own slot. For every chunk j the reduced shard's sum must equal the
 ranks' summed chunk sums, within the same bound as above; every rank checks every chunk, so all ranks see the
 one rank whose shard came back wrong (the mismatch's `row` is that rank).
+
+FSDP2 also all-gathers each group's parameter shards before its forward (and again before its backward when it
+resharded after the forward). A corrupted copy there feeds the rank's products a wrong weight, which their own
+checksums cannot see (they check C against the A and B they were given). `ConservedAllGather` (installed with
+`set_custom_all_gather`) takes each rank's float64 sum and squared norm of the shard it sends, before sending
+(FSDP2 gathers in place: the input is the rank's own slot of the output), then one small all-reduce of a
+[2 + world, world] float64 tensor that also holds, on row 2 + r, rank r's sums of every chunk it received. A copy
+is exact, so only the two float64 summation orders differ; every rank checks every rank's copy of every chunk.
 """
 
 import math  # no `from __future__ import annotations`: DDP reads the hook's annotations as objects
@@ -22,14 +30,14 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp._fully_shard._fsdp_collectives import DefaultReduceScatter
-
+from torch.distributed.fsdp._fully_shard._fsdp_collectives import DefaultAllGather, DefaultReduceScatter
 
 from turnout.backend.abft import LAMBDA, unit_roundoff
-from turnout.backend.checksums import StepChecks
+from turnout.backend.checksums import StepChecks, phase
 
 OP = "c10d::allreduce"
 RS_OP = "c10d::reduce_scatter"
+AG_OP = "c10d::all_gather"
 
 
 class Conservation:
@@ -76,13 +84,49 @@ def _bound(scale: torch.Tensor, u: float, world: int, n: int) -> torch.Tensor:
 
 
 def install_fsdp(model: torch.nn.Module, checks: Callable[[], StepChecks | None]) -> int:
-    """Make every FSDP2 unit of `model` reduce-scatter through ConservedReduceScatter; returns how many."""
+    """Make every FSDP2 unit of `model` all-gather through ConservedAllGather and reduce-scatter through
+    ConservedReduceScatter; returns how many units."""
     from torch.distributed.fsdp import FSDPModule
 
     units = [m for m in model.modules() if isinstance(m, FSDPModule)]
     for m in units:
+        m.set_custom_all_gather(ConservedAllGather(checks))
         m.set_custom_reduce_scatter(ConservedReduceScatter(checks))
     return len(units)
+
+
+class ConservedAllGather(DefaultAllGather):
+    """FSDP2's all-gather of the parameter shards, checked by conservation (see the module doc)."""
+
+    def __init__(self, checks: Callable[[], StepChecks | None]):
+        super().__init__()
+        self.checks = checks
+
+    def __call__(self, output_tensor: torch.Tensor, input_tensor: torch.Tensor, group: dist.ProcessGroup,
+                 async_op: bool = False):
+        checks = self.checks()
+        if checks is None or not input_tensor.is_floating_point():
+            if checks is not None:  # packed mixed dtypes (uint8): no sums to compare
+                checks.unchecked[f"{AG_OP} ({input_tensor.dtype})"] += 1
+            return dist.all_gather_into_tensor(output_tensor, input_tensor, group=group, async_op=async_op)
+        world, rank = dist.get_world_size(group), dist.get_rank(group)
+        facts = torch.zeros(2 + world, world, dtype=torch.float64, device=input_tensor.device)
+        facts[0, rank] = input_tensor.sum(dtype=torch.float64)  # before the gather writes this slot again
+        facts[1, rank] = torch.linalg.vector_norm(input_tensor, dtype=torch.float64) ** 2
+        work = dist.all_gather_into_tensor(output_tensor, input_tensor, group=group, async_op=async_op)
+        if work is not None:
+            work.wait()  # the check reads the result (on a device: orders the stream, the host does not wait)
+        facts[2 + rank] = output_tensor.reshape(world, -1).sum(dim=1, dtype=torch.float64)
+        dist.all_reduce(facts, group=group)  # the one small extra collective per all-gather
+        sent, seen = facts[0], facts[2:]  # [world]: what rank j sent; [world, world]: rank r's copy of chunk j
+        diff = (seen - sent).abs().nan_to_num(nan=math.inf, posinf=math.inf)
+        diff = torch.where(torch.isfinite(facts[:2]).all(0), diff, torch.zeros_like(diff))
+        n = input_tensor.numel()
+        bound = (LAMBDA * 2 * math.sqrt(n) * unit_roundoff(torch.float64)) * facts[1].sqrt() \
+            + torch.finfo(torch.float64).tiny  # two float64 summation orders of the same n values
+        checks.add(AG_OP, phase(), (world, n), diff.reshape(-1), bound.nan_to_num(nan=math.inf).expand(world, world)
+                   .reshape(-1))
+        return work
 
 
 class ConservedReduceScatter(DefaultReduceScatter):
