@@ -56,6 +56,7 @@ def test_two_ranks_flip_the_gradient_all_reduce_too_and_agree_on_every_figure(tm
                  "--nproc", "2", "--out", str(out), *SMALL]) == 0
     r = json.loads((out / "sdc-coverage.json").read_text())
     assert r["flips"] == len(r["records"]) == 24 and r["false_alarms"]["alarms"] == 0
+    assert r["ranks"] == 2 and "2 ranks (DDP)" in (out / "sdc-coverage.html").read_text()
     reduce = [rec for rec in r["records"] if rec["op"] == "c10d::allreduce"]
     assert reduce and r["by_op"]["c10d::allreduce"]["flips"] == len(reduce)
     assert any(rec["detected"] for rec in reduce)  # by the conservation check: no product saw these

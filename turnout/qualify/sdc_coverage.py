@@ -289,11 +289,12 @@ def run_campaign(config: Config, target: str | Backend, *, flips: int, steps: in
     for a in all_gather_json(alarms, device):
         merged.setdefault((a["step"], a["kind"]), {**a, "checks": []})["checks"] += a["checks"]
     alarms = [merged[k] for k in sorted(merged)]
-    return _summary(config, built, built.backend.name, records, alarms, noise, steps, seed, time.perf_counter() - t0)
+    return _summary(config, built, built.backend.name, records, alarms, noise, steps, seed, time.perf_counter() - t0,
+                    info.world_size)
 
 
 def _summary(config: Config, built, target: str, records: list[dict], alarms: list[dict], noise: list[float],
-             steps: int, seed: int, seconds: float) -> dict[str, Any]:
+             steps: int, seed: int, seconds: float, ranks: int = 1) -> dict[str, Any]:
     typical = statistics.median(noise) if noise else 0.0  # the run's typical 2-ulp jitter effect
     for r in records:  # beyond the run's own noise: its step's jitter effect, and never below the typical one
         effect = math.inf if r["effect"] == "inf" else r["effect"]
@@ -303,7 +304,7 @@ def _summary(config: Config, built, target: str, records: list[dict], alarms: li
     times = [r["detect_s"] for r in records if r["detected"]]
     kernels = dict(built.inner.kernels)
     return {
-        "target": target, "device": built.backend.device_name(), "dtype": str(built.dtype).removeprefix("torch."),
+        "target": target, "ranks": ranks, "device": built.backend.device_name(), "dtype": str(built.dtype).removeprefix("torch."),
         "model": built.inner.architecture, "preset": config.model.preset, "kernels": kernels,
         "attn_impl": kernels.get("attn_impl", kernels.get("attn_implementation")), "seed": seed, "steps": steps,
         "flips": len(records), "seconds": seconds,

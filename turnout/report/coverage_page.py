@@ -23,6 +23,6 @@ def write_coverage_report(out: Path | str, result: dict) -> Path:
     folder = CoverageDir(out)
     text = render("coverage.html.j2", title=f"sdc coverage: {result.get('target', '')}", r=result,
                   bits=guard(_rate_chart, result.get("by_bit_class", {}), "Flips detected, by bit class"),
-                  ops=guard(_rate_chart, result.get("by_op", {}), "Flips detected, by product (all bits)"))
+                  ops=guard(_rate_chart, result.get("by_op", {}), "Flips detected, by op (all bits)"))
     atomic.write_text(folder.report, text)
     return folder.report
