@@ -121,41 +121,34 @@ def test_a_device_error_one_rank_alone_sees_is_in_the_events(tmp_path, reference
     _close(_metrics(run), reference, range(1, 5))
 
 
+def _fsdp_rank1_flip(tmp_path: Path, reference, op: str) -> str:
+    """Train under FSDP2 on 2 ranks with bit 27 flipped in rank 1's result of collective `op` at step 3; assert the
+    flip was caught in that step, healed as transient without a rollback, and the run matches one process.
+    Returns the sdc event's detail."""
+    prof = tmp_path / "flip.toml"
+    prof.write_text(f'[profile]\ndescription = "rank 1: a flipped bit in its {op} result at step 3"\n'
+                    f'[[fault]]\nkind = "sdc"\nops = ["{op}"]\nat_steps = [3]\nbit = 27\nranks = [1]\n')
+    run = tmp_path / "run"
+    _train(run, "--set", "train.parallel='fsdp'", "--target", f"sim:{prof}", nproc=2)
+    ev = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["rank"], e["op"]) for e in ev if e["kind"] == "injected"] == [(3, 1, op.rstrip("_"))]
+    sdc = [e for e in ev if e["kind"] == "sdc"]
+    assert [(e["step"], e["classification"]) for e in sdc] == [(3, "transient")]
+    assert not any(e["kind"] == "rollback" for e in ev)
+    _close(_metrics(run), reference, range(1, 5))
+    return sdc[0]["detail"]
+
+
 def test_one_ranks_corrupted_reduce_scatter_is_caught_in_the_same_step_under_fsdp(tmp_path, reference):
     """FSDP2: rank 1's shard of one reduce-scatter comes back with a flipped bit at step 3. The conservation check
     of that reduce-scatter fails on both ranks (every rank checks every chunk) in step 3, names rank 1's chunk,
     and the clean re-run is applied: the run matches one process."""
-    prof = tmp_path / "rs.toml"
-    prof.write_text('[profile]\ndescription = "rank 1: a flipped bit in its reduce-scatter shard at step 3"\n'
-                    '[[fault]]\nkind = "sdc"\nops = ["c10d::_reduce_scatter_base_"]\nat_steps = [3]\nbit = 27\n'
-                    'ranks = [1]\n')
-    run = tmp_path / "run"
-    _train(run, "--set", "train.parallel='fsdp'", "--target", f"sim:{prof}", nproc=2)
-    ev = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
-    assert [(e["step"], e["rank"], e["op"]) for e in ev if e["kind"] == "injected"] == \
-        [(3, 1, "c10d::_reduce_scatter_base")]
-    sdc = [e for e in ev if e["kind"] == "sdc"]
-    assert [(e["step"], e["classification"]) for e in sdc] == [(3, "transient")]
-    assert "c10d::reduce_scatter" in sdc[0]["detail"]
-    assert not any(e["kind"] == "rollback" for e in ev)
-    _close(_metrics(run), reference, range(1, 5))
+    assert "c10d::reduce_scatter" in _fsdp_rank1_flip(tmp_path, reference, "c10d::_reduce_scatter_base_")
 
 
 def test_one_ranks_corrupted_parameter_all_gather_is_caught_in_the_same_step_under_fsdp(tmp_path, reference):
     """FSDP2: rank 1's copy of the gathered parameters gets a flipped bit at step 3. Its products then run on a wrong
     weight that their own checksums cannot see; the all-gather's conservation check fails in step 3 and names rank
     1's copy; the clean re-run is applied and the run matches one process."""
-    prof = tmp_path / "ag.toml"
-    prof.write_text('[profile]\ndescription = "rank 1: a flipped bit in its gathered parameters at step 3"\n'
-                    '[[fault]]\nkind = "sdc"\nops = ["c10d::_allgather_base_"]\nat_steps = [3]\nbit = 27\n'
-                    'ranks = [1]\n')
-    run = tmp_path / "run"
-    _train(run, "--set", "train.parallel='fsdp'", "--target", f"sim:{prof}", nproc=2)
-    ev = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
-    assert [(e["step"], e["rank"], e["op"]) for e in ev if e["kind"] == "injected"] == \
-        [(3, 1, "c10d::_allgather_base")]
-    sdc = [e for e in ev if e["kind"] == "sdc"]
-    assert [(e["step"], e["classification"]) for e in sdc] == [(3, "transient")]
-    assert "c10d::all_gather" in sdc[0]["detail"] and "rank 1's copy" in sdc[0]["detail"]
-    assert not any(e["kind"] == "rollback" for e in ev)
-    _close(_metrics(run), reference, range(1, 5))
+    detail = _fsdp_rank1_flip(tmp_path, reference, "c10d::_allgather_base_")
+    assert "c10d::all_gather" in detail and "rank 1's copy" in detail
